@@ -1,0 +1,4 @@
+from .autoregressive import AutoRegressive2d, autoregressive2d, ar_taps
+from .arma_conv import ARMAConv2d
+
+__all__ = ["AutoRegressive2d", "autoregressive2d", "ar_taps", "ARMAConv2d"]

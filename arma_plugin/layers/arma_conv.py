@@ -1,0 +1,44 @@
+"""ARMA convolution: a ``Conv2d`` (moving-average part) followed by an AR solve.
+
+Su et al., NeurIPS 2020, Def. 1 / eq. (2): ``T = W * X`` then ``A * Y = T``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .autoregressive import AutoRegressive2d
+
+
+class ARMAConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose output goes through an :class:`AutoRegressive2d` child ``ar``.
+
+    The conv's ``weight``/``bias`` keep their state-dict keys; the AR parameter is
+    ``ar.alpha`` (zero at init, so the layer starts as the plain convolution).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 ar_kernel_size: int = 3, boundary: str = "circular", reparam: bool = True,
+                 ar_dilation: int = 1, device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device=device, dtype=dtype)
+        self.ar = AutoRegressive2d(out_channels, ar_kernel_size, boundary, reparam, ar_dilation)
+        if device is not None or dtype is not None:
+            self.ar.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **ar_kwargs) -> "ARMAConv2d":
+        """Build an ARMA layer that shares nothing with, but equals, ``conv`` at init."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                  device=conv.weight.device, dtype=conv.weight.dtype, **ar_kwargs)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        new.train(conv.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ar(super().forward(x))
