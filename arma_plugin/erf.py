@@ -238,7 +238,7 @@ def ar_layer_radius(left: Sequence[float], right: Sequence[float], *, kernel_siz
         raise ValueError(f"left and right must be equal-length 1-D tap lists, got {left_t.shape} and {right_t.shape}")
     rho = float(np.max(np.abs(left_t) + np.abs(right_t)))
     if rho >= 1.0:
-        raise ValueError(f"taps must satisfy |left| + |right| < 1 (Thm 6), got {rho:.6g}")
+        raise ValueError(f"left, right taps outside the stability region |left| + |right| < 1 (Thm 6): {rho:.6g}")
     ma_variance = dilation**2 * (kernel_size**2 - 1) / 12
     # |h|'s mass beyond m steps of one factor is at most rho^(m+1)/(1-rho) (Neumann series of 1/A)
     steps = 0 if rho == 0.0 else math.ceil((math.log(tail) + math.log(1 - rho)) / math.log(rho))
