@@ -1,0 +1,93 @@
+"""The AR solve as a PyTorch custom op with a Thm 4 backward.
+
+``torch.ops.arma_plugin.ar_solve(x, taps, boundary, dilation, backend)`` computes
+``Y = A^{-1} X``; its registered autograd saves only ``Y`` and the taps. Being a
+``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
+``torch.jit.trace`` and ``torch.fx``. Backends: ``"numba"`` (fast CPU kernels, stable
+taps only) and ``"torch"`` (portable, any device, any non-singular taps).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from .ar_solve_torch import torch_ar_solve, torch_ar_solve_backward
+from .ar_taps import taps_are_stable
+
+BACKENDS = ("numba", "torch")
+BACKEND_ENV = "ARMA_PLUGIN_BACKEND"
+
+
+def numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = None) -> str:
+    """Pick the solver: argument, else ``$ARMA_PLUGIN_BACKEND``, else automatic.
+
+    Automatic: ``numba`` for CPU float32/float64 when numba is installed and the taps
+    are inside the stable region (always true with ``reparam=True``), else ``torch``.
+    A forced ``numba`` that cannot run raises instead of silently falling back.
+    """
+    requested = backend or os.environ.get(BACKEND_ENV) or None
+    if requested is not None and requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} (or unset), got {requested!r}")
+    numba_ok = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    if requested == "torch":
+        return "torch"
+    if requested == "numba":
+        if not numba_ok or not numba_available():
+            raise ValueError("backend='numba' needs numba installed and a CPU float32/float64 input, "
+                             f"got device={x.device.type}, dtype={x.dtype}")
+        if not taps_are_stable(taps):
+            raise ValueError("backend='numba' needs taps with |left|+|right| < 1 (Thm 6); "
+                             "use backend='torch' for raw taps outside the stable region")
+        return "numba"
+    if numba_ok and numba_available() and not torch.compiler.is_compiling() and taps_are_stable(taps):
+        return "numba"
+    return "torch"
+
+
+@torch.library.custom_op("arma_plugin::ar_solve", mutates_args=())
+def ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int, backend: str) -> torch.Tensor:
+    if backend == "numba":
+        from .ar_solve_numba import numba_ar_solve
+        return numba_ar_solve(x, taps, boundary, dilation)
+    return torch_ar_solve(x.contiguous(), taps, boundary, dilation)
+
+
+@ar_solve.register_fake
+def _(x, taps, boundary, dilation, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("arma_plugin::ar_solve_backward", mutates_args=())
+def ar_solve_backward(grad_y: torch.Tensor, y: torch.Tensor, taps: torch.Tensor, boundary: str,
+                      dilation: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_y = grad_y.contiguous()
+    if backend == "numba":
+        from .ar_solve_numba import numba_ar_solve_backward
+        return numba_ar_solve_backward(grad_y, y, taps, boundary, dilation)
+    return torch_ar_solve_backward(grad_y, y, taps, boundary, dilation)
+
+
+@ar_solve_backward.register_fake
+def _(grad_y, y, taps, boundary, dilation, backend):
+    return torch.empty(y.shape, dtype=y.dtype, device=y.device), torch.empty_like(taps)
+
+
+def _setup_context(ctx, inputs, output):
+    _, taps, boundary, dilation, backend = inputs
+    ctx.save_for_backward(output, taps)
+    ctx.solve_args = (boundary, dilation, backend)
+
+
+def _backward(ctx, grad_y):
+    y, taps = ctx.saved_tensors
+    grad_x, grad_taps = ar_solve_backward(grad_y, y, taps, *ctx.solve_args)
+    return grad_x, grad_taps, None, None, None
+
+
+ar_solve.register_autograd(_backward, setup_context=_setup_context)
