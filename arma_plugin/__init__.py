@@ -1,6 +1,9 @@
 """arma-plugin: ARMA layers (Su et al., NeurIPS 2020) for timm and SMP models."""
 from .layers import ARMAConv2d, AutoRegressive2d
+from .layers.nonlocal_block import NonLocal2d
+from .convert import ARMAConfig, ConversionReport, ar_parameters, armafy, non_ar_parameters
 
 __version__ = "0.1.0"
 
-__all__ = ["ARMAConv2d", "AutoRegressive2d", "__version__"]
+__all__ = ["ARMAConv2d", "AutoRegressive2d", "__version__",
+           "armafy", "ARMAConfig", "ConversionReport", "NonLocal2d", "ar_parameters", "non_ar_parameters"]

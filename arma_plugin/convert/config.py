@@ -1,0 +1,128 @@
+"""``ARMAConfig``: what :func:`arma_plugin.armafy` converts and how (PEFT-style config).
+
+The AR part follows Su et al., NeurIPS 2020: Def. 5 (separable AR filter of size
+``ar_kernel_size = 2Q + 1``), Thm 7 (``reparam``), Sec. 4 (non-local blocks after
+chosen layers, the "NL ARMA U-Net" of Table 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..layers.autoregressive import BOUNDARIES
+
+MODES = ("module", "graph")
+ModulePattern = str | Sequence[str] | None
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"ARMAConfig.{name} must be True or False, got {value!r}")
+
+
+def _normalise_patterns(name: str, value: Any) -> str | tuple[str, ...] | None:
+    """``None``, a regex string, or a list of exact names / name suffixes (as PEFT's ``target_modules``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"ARMAConfig.{name} is a string, so it must be a valid regex: {err}") from err
+        return value
+    if isinstance(value, Sequence) and all(isinstance(v, str) and v for v in value):
+        if not value:
+            raise ValueError(f"ARMAConfig.{name} must be None, a regex string or a non-empty list of module names")
+        return tuple(value)
+    raise ValueError(f"ARMAConfig.{name} must be None, a regex string or a list of module names "
+                     f"(exact names or name suffixes), got {value!r}")
+
+
+def matches(name: str, patterns: str | tuple[str, ...]) -> bool:
+    """PEFT rule: a string is a regex that must match the whole name; a list entry matches
+    the exact name or a ``.``-separated suffix of it (``"conv1"`` matches ``"layer1.0.conv1"``)."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+@dataclass
+class ARMAConfig:
+    """How to armafy a model. Every field is validated in ``__post_init__``.
+
+    Attributes:
+        ar_kernel_size: size ``2Q + 1`` of the separable AR filter (Def. 5); odd, >= 3.
+        boundary: ``"circular"`` (the paper's FFT solve) or ``"zeros"`` (exact non-periodic solve).
+        reparam: use the stable re-parameterisation of Thm 7 (``alpha -> tanh``); without it the
+            raw taps are learned and training can diverge (paper Fig. 5).
+        target_modules: only convert convs whose names match: ``None`` (all), a regex string
+            (full match) or a list of exact names / name suffixes.
+        exclude_modules: convs whose names match are not converted (same rules).
+        include_pointwise: also convert 1x1 convs (by default only larger kernels are converted).
+        ar_dilation: the AR taps' spacing, an int >= 1, or ``"match"`` to use each conv's own
+            dilation (AR taps at ``±d`` for a conv with dilation ``d``).
+        nonlocal_after: names of modules after which a zero-initialised :class:`NonLocal2d` is
+            inserted (identity at init).
+        mode: ``"module"`` swaps modules in place and keeps the model's class;
+            ``"graph"`` returns a ``torch.fx.GraphModule`` with an AR node after every 2-D conv
+            call site, functional ``F.conv2d`` calls included.
+    """
+
+    ar_kernel_size: int = 3
+    boundary: str = "circular"
+    reparam: bool = True
+    target_modules: ModulePattern = None
+    exclude_modules: ModulePattern = None
+    include_pointwise: bool = False
+    ar_dilation: int | str = 1
+    nonlocal_after: Sequence[str] = field(default_factory=tuple)
+    mode: str = "module"
+
+    def __post_init__(self) -> None:
+        k = self.ar_kernel_size
+        if isinstance(k, bool) or not isinstance(k, int) or k < 3 or k % 2 == 0:
+            raise ValueError(f"ARMAConfig.ar_kernel_size must be an odd integer >= 3 (3, 5, 7, ...), got {k!r}")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"ARMAConfig.boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
+        _check_bool("reparam", self.reparam)
+        _check_bool("include_pointwise", self.include_pointwise)
+        self.target_modules = _normalise_patterns("target_modules", self.target_modules)
+        self.exclude_modules = _normalise_patterns("exclude_modules", self.exclude_modules)
+        d = self.ar_dilation
+        if d != "match" and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise ValueError(f"ARMAConfig.ar_dilation must be an integer >= 1 or 'match', got {d!r}")
+        nl = self.nonlocal_after
+        if isinstance(nl, str) or not isinstance(nl, Sequence) or not all(isinstance(n, str) and n for n in nl):
+            raise ValueError(f"ARMAConfig.nonlocal_after must be a list of module names, got {nl!r}")
+        self.nonlocal_after = tuple(nl)
+        if self.mode not in MODES:
+            raise ValueError(f"ARMAConfig.mode must be one of {MODES}, got {self.mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists); ``ARMAConfig.from_dict(c.to_dict()) == c``."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ARMAConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not ignored."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"ARMAConfig.from_dict expects a mapping, got {type(data).__name__}")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(f"ARMAConfig.from_dict: unknown keys {unknown}; allowed keys are {allowed}")
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> "ARMAConfig":
+        """A copy with some fields changed (validated); unknown names are an error."""
+        allowed = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(overrides) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown ARMAConfig fields {unknown}; allowed fields are {allowed}")
+        return dataclasses.replace(self, **overrides)

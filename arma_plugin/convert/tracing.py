@@ -1,0 +1,119 @@
+"""A ``torch.fx`` tracer that knows timm's and SMP's models, and what it learns about convs.
+
+``armafy`` traces the model once to find out which 2-D convs the forward really calls and how
+often, and which functional ``F.conv2d`` calls exist outside modules. Every ``nn.Conv2d``
+(subclasses included) is a leaf, as are timm's registered non-traceable modules and functions
+(``timm.layers._fx``) and this package's own layers. Convs inside another leaf are opaque to
+the trace: they count as called, with an unknown number of calls.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers.arma_conv import ARMAConv2d
+from ..layers.autoregressive import AutoRegressive2d
+from ..layers.nonlocal_block import NonLocal2d
+
+try:
+    from timm.layers import CondConv2d, get_notrace_functions, get_notrace_modules, register_notrace_module
+except ImportError:  # timm is a dependency, but the tracer also serves plain torch models
+    CondConv2d = None
+    get_notrace_functions = get_notrace_modules = list
+    register_notrace_module = None
+
+FUNCTIONAL_CONV2D: tuple[Callable, ...] = (F.conv2d, torch.conv2d)
+# Modules that compute a 2-D convolution without being an ``nn.Conv2d``; their output is
+# ``[B, out_channels, H, W]``, so the AR solve can follow them like any conv.
+CONV_LIKE: tuple[type[nn.Module], ...] = (nn.Conv2d,) + ((CondConv2d,) if CondConv2d is not None else ())
+OWN_LEAVES: tuple[type[nn.Module], ...] = (AutoRegressive2d, ARMAConv2d, NonLocal2d)
+
+if register_notrace_module is not None:
+    # So timm's own fx feature extraction (``features_only`` via fx, ``create_feature_extractor``)
+    # also works on armafied models: the AR solve indexes with the feature-map size.
+    for _leaf in OWN_LEAVES:
+        register_notrace_module(_leaf)
+
+
+class ARMATracer(fx.Tracer):
+    """fx tracer with conv, timm and arma-plugin leaves; counts leaf-module calls by name."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+        self.leaf_types = CONV_LIKE + OWN_LEAVES + tuple(get_notrace_modules())
+        self.leaf_calls: Counter[str] = Counter()
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        name = self.path_of_module(m)
+        if self.is_leaf_module(m, name):
+            self.leaf_calls[name] += 1
+        return super().call_module(m, forward, args, kwargs)
+
+
+@contextlib.contextmanager
+def _without_input_shape_checks(model: nn.Module) -> Iterator[None]:
+    """SMP's ``SegmentationModel.forward`` checks ``H % output_stride`` in Python, which a
+    symbolic trace cannot evaluate; its ``requires_divisible_input_shape`` flag turns it off."""
+    flag = "requires_divisible_input_shape"
+    patched = [(m, vars(m).get(flag)) for m in model.modules()
+               if getattr(m, flag, False) and callable(getattr(m, "check_input_shape", None))]
+    for m, _ in patched:
+        setattr(m, flag, False)
+    try:
+        yield
+    finally:
+        for m, own_value in patched:
+            if own_value is None:
+                delattr(m, flag)  # back to the class attribute
+            else:
+                setattr(m, flag, own_value)
+
+
+@dataclass
+class TraceResult:
+    """What the trace tells about convs. ``graph`` is ``None`` when tracing failed."""
+
+    graph: fx.Graph | None
+    error: str | None = None
+    leaf_calls: Counter = field(default_factory=Counter)
+    used_attributes: set[str] = field(default_factory=set)
+
+    @property
+    def traced(self) -> bool:
+        return self.graph is not None
+
+    def calls(self, name: str, opaque_leaves: list[str]) -> int | None:
+        """Times the conv ``name`` is called; ``None`` if it sits in an opaque leaf that is called."""
+        if name in self.leaf_calls:
+            return self.leaf_calls[name]
+        if any(name.startswith(leaf + ".") for leaf in opaque_leaves):
+            return None
+        return 0
+
+    def functional_conv_nodes(self) -> list[fx.Node]:
+        if self.graph is None:
+            return []
+        return [n for n in self.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_CONV2D]
+
+
+def trace_model(model: nn.Module) -> TraceResult:
+    """Trace ``model``; on failure return the error instead of raising (armafy falls back)."""
+    tracer = ARMATracer()
+    try:
+        with _without_input_shape_checks(model):
+            graph = tracer.trace(model)
+    except Exception as err:  # any failure means "not traceable": report it, walk modules instead
+        message = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+        return TraceResult(None, message[:300])
+    used = {n.target for n in graph.nodes if n.op == "get_attr"}
+    return TraceResult(graph, None, tracer.leaf_calls, used)
