@@ -19,13 +19,15 @@ is what "empirical distribution" and eq. 3 require.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .layers import ARMAConv2d
+from .layers import ARMAConv2d, AutoRegressive2d, ar_taps
 
 RADIUS_ABOUT = ("origin", "mean")
 
@@ -222,34 +224,101 @@ def radius_table(layers: Sequence[int], coeffs: Sequence[float], kernel_size: in
     return rows
 
 
-def ar_layer_radius(left: Sequence[float], right: Sequence[float], *, kernel_size: int = 1, dilation: int = 1,
-                    ar_dilation: int = 1, tail: float = 1e-12, max_length: int = 1 << 22) -> float:
+def ar_layer_radius(left: Sequence[float] | np.ndarray, right: Sequence[float] | np.ndarray, *,
+                    kernel_size: int = 1, dilation: int = 1, ar_dilation: int = 1, tail: float = 1e-12,
+                    max_length: int = 1 << 22) -> float | np.ndarray:
     """Implied 1-D ERF radius of one ARMA layer along one axis, Thm 3 generalised to any taps.
 
     ``r² = d²(K²−1)/12 + d_ar² · Var(|h|)``: the uniform-MA term of Thm 3 plus the variance
     (about its mean) of the normalised amplitude of the AR impulse response ``h``, the inverse
     of ``Π_q (1 + right_q z + left_q z⁻¹)`` on an infinite line (layer convention
     ``y[i] + right·y[i−1] + left·y[i+1]``). For ``left = 0, right = −a`` this is Thm 3's layer.
-    Returns ``inf`` when the taps are so near the stability boundary that the response
-    does not fit in ``max_length`` samples.
+
+    ``left``/``right`` are ``[Q]`` (one channel: returns a float) or ``[C, Q]`` (returns ``[C]``).
+    A channel whose taps are so near the stability boundary that its response does not fit in
+    ``max_length`` samples gets ``inf``.
     """
     left_t, right_t = np.asarray(left, dtype=np.float64), np.asarray(right, dtype=np.float64)
-    if left_t.shape != right_t.shape or left_t.ndim != 1 or left_t.size == 0:
-        raise ValueError(f"left and right must be equal-length 1-D tap lists, got {left_t.shape} and {right_t.shape}")
-    rho = float(np.max(np.abs(left_t) + np.abs(right_t)))
-    if rho >= 1.0:
-        raise ValueError(f"left, right taps outside the stability region |left| + |right| < 1 (Thm 6): {rho:.6g}")
-    ma_variance = dilation**2 * (kernel_size**2 - 1) / 12
+    if left_t.shape != right_t.shape or left_t.ndim not in (1, 2) or left_t.size == 0:
+        raise ValueError(f"left and right must both be [Q] or [C, Q] taps, got shapes {left_t.shape} and {right_t.shape}")
+    rho = np.max(np.abs(np.atleast_2d(left_t)) + np.abs(np.atleast_2d(right_t)), axis=1)
+    if (rho >= 1.0).any():
+        raise ValueError("left, right taps outside the stability region |left| + |right| < 1 (Thm 6): "
+                         f"{float(rho.max()):.6g}")
+    factors = left_t.shape[-1]
     # |h|'s mass beyond m steps of one factor is at most rho^(m+1)/(1-rho) (Neumann series of 1/A)
-    steps = 0 if rho == 0.0 else math.ceil((math.log(tail) + math.log(1 - rho)) / math.log(rho))
-    length = 1 << max(6, math.ceil(math.log2(2 * left_t.size * steps + 1)))
-    if length > max_length:
-        return math.inf
+    with np.errstate(divide="ignore"):
+        steps = np.where(rho > 0, np.ceil((math.log(tail) + np.log1p(-rho)) / np.log(rho)), 0.0)
+    lengths = 2 ** np.maximum(6, np.ceil(np.log2(2 * factors * steps + 1))).astype(np.int64)
+    variance = np.full(rho.shape, math.inf)
+    for length in np.unique(lengths[lengths <= max_length]):
+        rows = lengths == length
+        variance[rows] = _response_variance(np.atleast_2d(left_t)[rows], np.atleast_2d(right_t)[rows], int(length))
+    radius = np.sqrt(dilation**2 * (kernel_size**2 - 1) / 12 + ar_dilation**2 * variance)
+    return float(radius[0]) if left_t.ndim == 1 else radius
+
+
+def _response_variance(left: np.ndarray, right: np.ndarray, length: int, chunk: int = 256) -> np.ndarray:
+    """Variance of the normalised ``|h|`` of each row's AR filter, on a line of ``length`` samples."""
     omega = 2 * np.pi * np.fft.fftfreq(length)
-    response = np.ones(length, dtype=np.complex128)
-    for l_q, r_q in zip(left_t, right_t):
-        response /= 1 + r_q * np.exp(-1j * omega) + l_q * np.exp(1j * omega)
-    amplitude = np.abs(np.fft.fftshift(np.fft.ifft(response).real))
-    # the FFT's rounding floor (~1e-16 everywhere) would otherwise dominate the second moment of a long line
-    amplitude[amplitude < 1e-14 * amplitude.max()] = 0.0
-    return math.sqrt(ma_variance + ar_dilation**2 * erf_radius(amplitude, about="mean") ** 2)
+    offsets = np.fft.fftfreq(length, d=1.0 / length)  # sample index of each FFT bin: 0, 1, ..., -1
+    out = np.empty(left.shape[0])
+    for start in range(0, left.shape[0], chunk):
+        lc, rc = left[start:start + chunk], right[start:start + chunk]
+        factor = 1 + rc[..., None] * np.exp(-1j * omega) + lc[..., None] * np.exp(1j * omega)
+        amplitude = np.abs(np.fft.ifft(1.0 / factor.prod(axis=1), axis=-1).real)
+        # the FFT's rounding floor (~1e-16 everywhere) would otherwise dominate the second moment of a long line
+        amplitude[amplitude < 1e-14 * amplitude.max(axis=-1, keepdims=True)] = 0.0
+        weights = amplitude / amplitude.sum(axis=-1, keepdims=True)
+        mean = (weights * offsets).sum(axis=-1)
+        out[start:start + chunk] = (weights * (offsets - mean[:, None]) ** 2).sum(axis=-1)
+    return out
+
+
+@dataclass
+class ARLayerSummary:
+    """Tap statistics of one AR layer and the 1-D ERF radius its taps imply (mean over channels)."""
+
+    name: str
+    channels: int
+    factors: int
+    mean_abs_tap: float
+    max_abs_tap: float
+    radius_h: float
+    radius_w: float
+
+
+def ar_coefficients(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Taps ``[C, Q, 4]`` = ``(f_left, f_right, g_left, g_right)`` of every :class:`AutoRegressive2d`, by module name."""
+    return {name: ar_taps(module.alpha.detach(), module.reparam).cpu().double()
+            for name, module in model.named_modules() if isinstance(module, AutoRegressive2d)}
+
+
+def _ma_conv(model: nn.Module, ar_name: str) -> nn.Module | None:
+    """The conv an AR layer follows: its parent (``<conv>.ar``) or, in a graph, ``<conv>_ar[_N]``."""
+    match = re.fullmatch(r"(.+)\.ar|(.+)_ar(?:_\d+)?", ar_name)
+    if match is None:
+        return None
+    try:
+        conv = model.get_submodule(match.group(1) or match.group(2).replace("_", "."))
+    except AttributeError:
+        return None
+    return conv if hasattr(conv, "kernel_size") and hasattr(conv, "dilation") else None
+
+
+def ar_layer_summaries(model: nn.Module) -> list[ARLayerSummary]:
+    """Per AR layer: mean and max ``|tap|`` and :func:`ar_layer_radius` along H and W, averaged
+    over channels. The MA term uses the kernel and dilation of the conv the layer follows (as if
+    its weights were uniform, as in Thm 3); for an AR layer with no known conv it is left out."""
+    summaries = []
+    for name, taps in ar_coefficients(model).items():
+        module = model.get_submodule(name)
+        conv = _ma_conv(model, name)
+        kernel, dilation = (conv.kernel_size, conv.dilation) if conv is not None else ((1, 1), (1, 1))
+        radii = [float(np.mean(ar_layer_radius(taps[:, :, left].numpy(), taps[:, :, right].numpy(),
+                                                kernel_size=kernel[axis], dilation=dilation[axis],
+                                                ar_dilation=module.dilation)))
+                 for axis, (left, right) in enumerate(((0, 1), (2, 3)))]
+        summaries.append(ARLayerSummary(name, taps.shape[0], taps.shape[1], float(taps.abs().mean()),
+                                        float(taps.abs().max()), radii[0], radii[1]))
+    return summaries
