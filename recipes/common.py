@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,14 +122,20 @@ def seed_everything(seed: int, *, deterministic: bool) -> None:
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
     """The Accelerator every recipe uses.
 
+    Several launched processes on a machine without GPUs (``accelerate launch --multi_gpu
+    --num_processes 2`` on a laptop) train as gloo CPU processes; without ``cpu=True`` each
+    would silently run its own single-process training.
+
     The seedable sampler makes the shuffle order a function of (seed, epoch) only — it takes
     torch's initial seed at ``prepare`` time, so call :func:`seed_everything` first — which is
     what lets a resumed run see exactly the batches an uninterrupted one would.
     """
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    no_gpu = not (torch.cuda.is_available() or torch.xpu.is_available())
     return Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        cpu=args.cpu,
+        cpu=args.cpu or (launched_processes > 1 and no_gpu),
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(args.output_dir),
                                             logging_dir=str(args.output_dir / "logs")),

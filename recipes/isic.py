@@ -337,6 +337,10 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     """Train one model per seed; returns ``{seed: test scores}`` and writes the seed table."""
     accelerator = common.make_accelerator(args)
     accelerator.init_trackers("isic", config=common.tracker_config(args))
+    if args.smoke:
+        with accelerator.main_process_first():
+            if not (args.data_dir / IMAGE_DIR).is_dir():
+                write_synthetic_isic(args.data_dir, args.smoke_images)
     datasets = build_datasets(args)
     if accelerator.is_main_process and args.hf_dataset is None:
         split = {key: [ds.source.pairs[i][0].name for i in ds.indices] for key, ds in datasets.items()}
@@ -466,13 +470,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, float]]:
     args = parse_args(argv)
-    if args.smoke and not (args.data_dir / IMAGE_DIR).is_dir():
-        from accelerate import PartialState
-
-        state = PartialState()
-        if state.is_main_process:
-            write_synthetic_isic(args.data_dir, args.smoke_images)
-        state.wait_for_everyone()
     config = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
     return training_function(config, args)
 
