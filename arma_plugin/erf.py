@@ -89,7 +89,9 @@ def erf_map(model: nn.Module, input_shape: Sequence[int], *, output_index: Seque
     finally:
         model.train(was_training)
     if n_maps == 0:
-        raise ValueError("the selected output does not depend on the input (all gradients are zero)")
+        raise ValueError(f"all gradients are zero: the output at {output_index or 'the centre'} does not depend on "
+                         f"the input for any of the {n_samples} sampled output channels (dead ReLUs?); "
+                         "try more samples or another output_index")
     return total / n_maps
 
 

@@ -79,9 +79,9 @@ def plot_erf_grid(layers: Sequence[int], coeffs: Sequence[float], path: str | Pa
 
 
 def plot_ar_histogram(coefficients: Mapping[str, np.ndarray | torch.Tensor], path: str | Path, *,
-                      bins: int = 40) -> Path:
+                      bins: int = 41) -> Path:
     """Fig. 6: histogram (percent of coefficients) of AR taps, one outline per entry
-    (e.g. one per checkpoint, or one per layer)."""
+    (e.g. one per checkpoint, or one per layer). An odd ``bins`` keeps 0 (the plain conv) mid-bin."""
     if not coefficients:
         raise ValueError("coefficients is empty: the model has no AR layers")
     values = {label: np.asarray(torch.as_tensor(v).detach().cpu().double().flatten()) for label, v in coefficients.items()}

@@ -1,0 +1,168 @@
+"""The ``arma-plugin`` command. Every subcommand runs once as a real subprocess (torch's
+start-up costs seconds, so those runs are few and check a lot each); the many bad-input
+cases call ``main(argv)`` in-process and check the same exit code and message."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from arma_plugin.cli import main
+from arma_plugin.erf import theoretical_radius
+
+SCRIPT = Path(sys.executable).with_name("arma-plugin")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# the subprocesses must never wait on the network for a Hub lookup
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    assert SCRIPT.is_file(), f"console script {SCRIPT} missing: pip install -e . declares it"
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=OFFLINE_ENV, timeout=300)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """``main(argv)`` in-process; argparse's own errors leave through ``SystemExit``."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]  # skip header, rule
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "test_resnet-arma"
+    result = run_cli("convert", "timm:test_resnet", "--out", str(out), "--ar-kernel-size", "5",
+                     "--boundary", "zeros", "--num-classes", "3")
+    assert result.returncode == 0, result.stderr
+    assert "converted" in result.stdout and f"saved to {out}" in result.stdout
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["arma_config"]["ar_kernel_size"] == 5 and saved["arma_config"]["boundary"] == "zeros"
+    assert (out / "model.safetensors").is_file()
+    return out
+
+
+def test_convert_then_inspect_reports_the_taps(checkpoint, tmp_path):
+    from arma_plugin.hub import from_pretrained, save_pretrained
+
+    a = 0.6
+    model = from_pretrained(checkpoint)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("ar.alpha"):  # reparam taps f_left = g_left = 0, f_right = g_right = -a
+                param[..., 0] = param[..., 2] = math.atanh(a)
+                param[..., 1] = param[..., 3] = -math.atanh(a)
+    kernels = {conv: tuple(model.get_submodule(conv).kernel_size)
+               for conv in (name[:-len(".ar.alpha")] for name, _ in model.named_parameters())
+               if conv + ".ar.alpha" in dict(model.named_parameters())}
+    tuned = save_pretrained(model, tmp_path / "tuned")
+    fig6 = tmp_path / "fig6.png"
+
+    result = run_cli("inspect", str(tuned), "--plot", str(fig6))
+    assert result.returncode == 0, result.stderr
+    assert "armafy [" in result.stdout and '"ar_kernel_size": 5' in result.stdout
+    rows = {row[0]: row for row in markdown_rows(result.stdout)}
+    assert sorted(rows) == sorted(f"{name}.ar" for name in kernels)
+    for name, (kh, kw) in kernels.items():
+        _, channels, q, mean_tap, max_tap, radius_h, radius_w = rows[f"{name}.ar"]
+        assert q == "2"
+        # Q = 2 factors per axis: Thm 3 with two AR layers of coefficient a, one behind a KxK conv
+        expected_h = theoretical_radius(2, [kh, 1], 1, a)
+        expected_w = theoretical_radius(2, [kw, 1], 1, a)
+        # the table prints 4 significant digits; taps pass through float32 tanh
+        assert float(mean_tap) == pytest.approx(a / 2, rel=1e-3)
+        assert float(max_tap) == pytest.approx(a, rel=1e-3)
+        assert float(radius_h) == pytest.approx(expected_h, rel=1e-3)
+        assert float(radius_w) == pytest.approx(expected_w, rel=1e-3)
+    assert fig6.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_erf_table_and_figure(tmp_path):
+    fig3 = tmp_path / "fig3.png"
+    result = run_cli("erf", "--layers", "1", "3", "--coeffs", "0", "0.8", "--table", "--out", str(fig3))
+    assert result.returncode == 0, result.stderr
+    rows = markdown_rows(result.stdout)
+    assert [(r[1], r[2]) for r in rows] == [("1", "0"), ("1", "0.8"), ("3", "0"), ("3", "0.8")]
+    for d, num_layers, a, measured, theory, _ in rows:
+        assert float(theory) == pytest.approx(theoretical_radius(int(num_layers), 3, int(d), float(a)), rel=1e-3)
+        assert float(measured) == pytest.approx(float(theory), rel=1e-3)  # 4 printed significant digits
+    assert fig3.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bench_passes_its_arguments_through():
+    result = run_cli("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout.lower()
+
+
+def test_user_mistake_is_one_line_and_exit_2():
+    result = run_cli("convert", "timm:no_such_model", "--out", "unused")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("arma-plugin convert: error: unknown timm model 'no_such_model' "
+                                     "(list them with timm.list_models())")
+
+
+def test_convert_smp_with_config_and_override(tmp_path, capsys):
+    out = tmp_path / "unet"
+    code, stdout, err = run_main(capsys, "convert", "smp:Unet/tu-test_resnet", "--out", str(out),
+                                 "--config", '{"ar_kernel_size": 5, "boundary": "circular"}',
+                                 "--boundary", "zeros", "--num-classes", "2")
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["arma_config"]["ar_kernel_size"] == 5  # from --config
+    assert saved["arma_config"]["boundary"] == "zeros"  # the flag wins over --config
+    assert saved["base"]["model_args"]["classes"] == 2
+
+
+def test_erf_of_models_side_by_side(checkpoint, tmp_path, capsys):
+    figure = tmp_path / "erf.png"
+    code, stdout, err = run_main(capsys, "erf", "--models", "timm:test_resnet", str(checkpoint),
+                                 "--input-size", "3", "32", "32", "--samples", "8", "--out", str(figure))
+    assert code == 0, err
+    rows = markdown_rows(stdout)
+    assert [r[0] for r in rows] == ["timm:test_resnet", str(checkpoint)]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+    assert figure.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["convert", "smp:Unet", "--out", "x"], "smp:ARCH/ENCODER"),
+    (["convert", "smp:NoSuchArch/resnet18", "--out", "x"], "smp:ARCH/ENCODER"),
+    (["convert", "timm:test_resnet", "--out", "x", "--config", "missing.json"], "no such file"),
+    (["convert", "timm:test_resnet", "--out", "x", "--config", "{bad json"], "not valid JSON"),
+    (["convert", "timm:test_resnet", "--out", "x", "--config", '{"ar_size": 3}'], "unknown keys"),
+    (["convert", "timm:test_resnet", "--out", "x", "--ar-kernel-size", "4"], "ar_kernel_size"),
+    (["convert", "timm:test_resnet", "--out", "x", "--boundary", "reflect"], "invalid choice"),
+    (["convert", "timm:test_resnet"], "--out"),
+    (["inspect", "./no/such/checkpoint"], "no checkpoint directory"),
+    (["erf", "--coeffs", "1.5"], "[0, 1)"),
+    (["erf", "--coeffs", "abc"], "--coeffs"),
+    (["erf", "--layers", "0", "--table"], "positive integer"),
+    (["erf", "--layers", "1"], "nothing to do"),
+    (["erf", "--layers", "1", "--coeffs", "0", "--out", "fig3.jpg"], ".png"),
+    (["erf", "--models", "timm:test_resnet", "--input-size", "3", "32"], "--input-size"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, argv, message):
+    code, _, err = run_main(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_every_subcommand_has_help(capsys):
+    for command in ("convert", "inspect", "erf"):
+        code, out, _ = run_main(capsys, command, "--help")
+        assert code == 0 and "usage: arma-plugin " + command in out
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0 and all(c in out for c in ("convert", "inspect", "erf", "bench"))
