@@ -65,6 +65,10 @@ LIBRARIES = (TIMM, SMP, FACTORY)
 HEAD_SIZE_ARG = {TIMM: "num_classes", SMP: "classes"}
 SMP_HEAD_PREFIXES = ("segmentation_head.",)
 TASK_TAG = {TIMM: "image-classification", SMP: "image-segmentation"}
+# Constructor arguments that load or download weights: never taken from a file or an override.
+WEIGHT_LOADING_ARGS = {TIMM: ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path",
+                              "cache_dir"),
+                       SMP: ("encoder_weights",), FACTORY: ()}
 CARD_FIELDS = ("repo_id", "license", "base_model", "tags", "datasets", "pipeline_tag",
                "metrics", "description")
 
@@ -184,7 +188,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if model_card:
         fields = {"repo_id": str(save_directory), **card_fields}
-        (directory / CARD_NAME).write_text(render_model_card(config, **fields), encoding="utf-8")
+        (directory / CARD_NAME).write_text(_render_model_card(config, **fields), encoding="utf-8")
     return directory
 
 
@@ -297,7 +301,7 @@ def _package_version() -> str:
 # --------------------------------------------------------------------------- model card
 
 
-def render_model_card(config: Mapping[str, Any], **card_fields: Any) -> str:
+def _render_model_card(config: Mapping[str, Any], **card_fields: Any) -> str:
     """The model card for a saved ``config.json`` dict: YAML front-matter, then markdown."""
     base = config["base"]
     library = base["library"]
@@ -501,13 +505,22 @@ def _base_spec_from_library_config(config: dict[str, Any], path: str) -> BaseSpe
 
 def _build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str) -> nn.Module:
     """The base model with random weights; nothing is downloaded."""
-    args = {**spec.model_args, **overrides}
+    refused = WEIGHT_LOADING_ARGS[spec.library]
+    if any(k in overrides for k in refused):
+        raise ValueError(f"from_pretrained: overrides {sorted(set(refused) & set(overrides))} would load "
+                         "base weights; all weights come from the checkpoint")
+    model_args = dict(spec.model_args)
+    if spec.library == SMP:
+        model_args["encoder_weights"] = None  # saved for the record; the encoder is in the checkpoint
+    elif any(k in model_args for k in refused):
+        raise CorruptCheckpointError(path, f"model_args {sorted(set(refused) & set(model_args))} would "
+                                           "load or download weights; refused")
+    args = {**model_args, **overrides}
     if spec.library == TIMM:
         import timm
         if not timm.is_model(spec.architecture):
             raise UnknownArchitectureError(path, f"timm {timm.__version__} has no model "
                                                  f"{spec.architecture!r}")
-        args.pop("pretrained", None)
         build = lambda: timm.create_model(spec.architecture, pretrained=False,  # noqa: E731
                                           pretrained_cfg=spec.pretrained_cfg or None, **args)
     elif spec.library == SMP:
@@ -516,7 +529,6 @@ def _build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str) -> nn.M
         if not (isinstance(cls, type) and issubclass(cls, smp.base.SegmentationModel)):
             raise UnknownArchitectureError(path, f"segmentation_models_pytorch {smp.__version__} "
                                                  f"has no model class {spec.architecture!r}")
-        args["encoder_weights"] = None
         build = lambda: cls(**args)  # noqa: E731
     else:
         cls = _resolve_factory(spec.architecture, path)
@@ -524,8 +536,11 @@ def _build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str) -> nn.M
     try:
         return build()
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        raise CorruptCheckpointError(path, f"cannot build {spec.library} {spec.architecture!r} with "
-                                           f"{args}: {type(err).__name__}: {err}") from err
+        problem = (f"cannot build {spec.library} {spec.architecture!r} with {args}: "
+                   f"{type(err).__name__}: {err}")
+        if overrides:
+            raise ValueError(f"from_pretrained: overrides {dict(overrides)} rejected: {problem}") from err
+        raise CorruptCheckpointError(path, problem) from err
 
 
 def _head_prefixes(model: nn.Module, spec: BaseSpec, overrides: Mapping[str, Any]) -> tuple[str, ...]:

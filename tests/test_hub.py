@@ -1,0 +1,361 @@
+"""Checkpoints: save_pretrained -> from_pretrained, the Hub cache, push_to_hub, model cards, bad input."""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torch.nn as nn
+import yaml
+
+import arma_plugin.hub as hub
+from arma_plugin import ARMAConfig, armafy, from_pretrained, push_to_hub, save_pretrained
+from arma_plugin.hub import (CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError,
+                             IncompatibleCheckpointError, UnknownArchitectureError,
+                             UnsafeCheckpointError)
+
+
+class TinyNet(nn.Module):
+    """A model neither timm nor SMP knows; ``tie`` shares the weight of two 1x1 convs (not armafied)."""
+
+    def __init__(self, channels: int = 4, tie: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.mix1 = nn.Conv2d(channels, channels, 1)
+        self.mix2 = nn.Conv2d(channels, channels, 1)
+        if tie:
+            self.mix2.weight = self.mix1.weight
+        self.head = nn.Conv2d(channels, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(self.mix2(torch.relu(self.mix1(x))))
+
+
+TINY = f"{TinyNet.__module__}:TinyNet"
+
+# name -> (builder, save kwargs, input shape). resnet18 and a Unet are the issue's round-trip models;
+# the others keep the many small tests fast.
+MODELS = {
+    "timm-resnet18": (lambda: timm.create_model("resnet18", pretrained=False, num_classes=5), {}, (2, 3, 32, 32)),
+    "timm-test_resnet": (lambda: timm.create_model("test_resnet", pretrained=False, num_classes=4), {},
+                         (2, 3, 32, 32)),
+    "smp-unet": (lambda: smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, classes=2,
+                                  decoder_channels=(32, 16, 8)), {}, (2, 3, 32, 32)),
+    "factory-tinynet": (lambda: TinyNet(), {"model_factory": TINY, "model_kwargs": {"channels": 4}},
+                        (2, 3, 16, 16)),
+    "factory-tied": (lambda: TinyNet(tie=True),
+                     {"model_factory": TinyNet, "model_kwargs": {"channels": 4, "tie": True}}, (2, 3, 16, 16)),
+}
+
+
+@functools.lru_cache(maxsize=None)  # tests only read it; training once per model keeps CI short
+def trained_arma(name: str) -> tuple[nn.Module, dict, torch.Tensor]:
+    """An armafied model after two SGD steps, so every used ``alpha`` is non-zero; in eval mode.
+
+    Two, because timm's ResNet zero-initialises each block's last BN: the first step gives the
+    block's convs (and their ``alpha``) no gradient, the second does. "Used": an SMP encoder of
+    depth 3 keeps its deeper stages, which forward never reaches (their grad stays ``None``).
+    """
+    build, save_kwargs, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = armafy(build())
+    x = torch.randn(shape)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    alphas = [p for n, p in model.named_parameters() if n.endswith("alpha") and p.grad is not None]
+    assert alphas and all(a.abs().sum() > 0 for a in alphas), "training must move every used alpha"
+    return model.eval(), save_kwargs, x
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A saved timm test_resnet checkpoint; tests copy it before damaging it."""
+    model, save_kwargs, _ = trained_arma("timm-test_resnet")
+    return save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny", **save_kwargs)
+
+
+def copy_of(checkpoint: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(checkpoint, tmp_path / "copy"))
+
+
+def edit_config(directory: Path, edit) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("name", ["timm-resnet18", "smp-unet", "factory-tinynet", "factory-tied"])
+def test_round_trip_is_bit_exact(name, tmp_path):
+    model, save_kwargs, x = trained_arma(name)
+    directory = save_pretrained(model, tmp_path / name, **save_kwargs)
+    assert sorted(p.name for p in directory.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+    loaded = from_pretrained(directory)
+
+    assert type(loaded) is type(model) and not loaded.training
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.arma_config == model.arma_config
+
+
+def test_tied_weights_are_stored_once_and_stay_tied(tmp_path):
+    model, save_kwargs, _ = trained_arma("factory-tied")
+    directory = save_pretrained(model, tmp_path / "tied", **save_kwargs)
+    from safetensors import safe_open
+    with safe_open(directory / "model.safetensors", "pt") as f:
+        stored = set(f.keys())
+    assert len({"mix1.weight", "mix2.weight"} & stored) == 1
+    loaded = from_pretrained(directory)
+    assert loaded.mix2.weight is loaded.mix1.weight
+    assert torch.equal(loaded.mix1.weight, model.mix1.weight)
+
+
+def test_timm_pretrained_cfg_and_args_survive(tmp_path):
+    model = armafy(timm.create_model("test_resnet", pretrained=False, num_classes=4, in_chans=1))
+    loaded = from_pretrained(save_pretrained(model, tmp_path / "m"))
+    assert (loaded.num_classes, loaded.conv1[0].in_channels) == (4, 1)
+    assert tuple(loaded.pretrained_cfg["mean"]) == tuple(model.pretrained_cfg["mean"])
+
+
+@pytest.mark.parametrize("name, head_arg, out_dim", [("timm-test_resnet", "num_classes", -1),
+                                                     ("smp-unet", "classes", 1)])
+def test_head_override_reheads_and_keeps_the_rest(name, head_arg, out_dim, tmp_path):
+    model, save_kwargs, x = trained_arma(name)
+    directory = save_pretrained(model, tmp_path / name, **save_kwargs)
+
+    loaded = from_pretrained(directory, **{head_arg: 7})
+
+    with torch.no_grad():
+        assert loaded(x).shape[out_dim] == 7
+    head = "fc." if name.startswith("timm") else "segmentation_head."
+    saved = model.state_dict()
+    kept = {k: v for k, v in loaded.state_dict().items() if not k.startswith(head)}
+    assert kept and all(torch.equal(v, saved[k]) for k, v in kept.items())
+
+
+def test_fake_hub_cache_offline(tiny_checkpoint, tmp_path, monkeypatch):
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--someone--arma-tiny"
+    shutil.copytree(tiny_checkpoint, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    expected = from_pretrained(tiny_checkpoint)
+
+    for rev in (None, revision):
+        loaded = from_pretrained("someone/arma-tiny", cache_dir=tmp_path / "cache", revision=rev)
+        assert all(torch.equal(v, expected.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(CheckpointNotFoundError, match="someone/not-cached/config.json"):
+        from_pretrained("someone/not-cached", cache_dir=tmp_path / "cache")
+
+
+class FakeHfApi:
+    """Stands in for ``huggingface_hub.HfApi``: records what would be created and uploaded."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, *, repo_type, private, exist_ok):
+        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok, self.token))
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/someone/{repo_id.split('/')[-1]}")
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        self.calls.append(("upload_folder", repo_id, repo_type, commit_message, files))
+        return "commit-info"
+
+
+def test_push_to_hub_uploads_the_three_files(tiny_checkpoint, monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    model = from_pretrained(tiny_checkpoint)
+
+    result = push_to_hub(model, "arma-tiny", private=True, token="hf_test", commit_message="first")
+
+    assert result == "commit-info"
+    (create, *rest), (upload, repo_id, repo_type, message, files) = FakeHfApi.calls
+    assert create == "create_repo" and rest == ["arma-tiny", "model", True, True, "hf_test"]
+    assert (upload, repo_id, repo_type, message) == ("upload_folder", "someone/arma-tiny", "model", "first")
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+    assert 'from_pretrained("someone/arma-tiny")' in files["README.md"].decode()
+    # what went up is loadable and equals the model
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    reloaded = from_pretrained(tmp_path)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in reloaded.state_dict().items())
+
+
+def split_card(text: str) -> tuple[dict, str]:
+    match = re.match(r"---\n(.*?)\n---\n(.*)", text, re.S)
+    assert match, "the card must start with YAML front-matter between --- lines"
+    return yaml.safe_load(match.group(1)), match.group(2)
+
+
+@pytest.mark.parametrize("name, library_tag, task", [("timm-test_resnet", "timm", "image-classification"),
+                                                     ("smp-unet", "segmentation-models-pytorch",
+                                                      "image-segmentation"),
+                                                     ("factory-tinynet", None, None)])
+def test_model_card_front_matter_and_load_snippet(name, library_tag, task, tmp_path):
+    model, save_kwargs, x = trained_arma(name)
+    metrics = "| split | top-1 |\n|---|---|\n| val | 0.123 |"
+    directory = save_pretrained(model, tmp_path / name, **save_kwargs, metrics=metrics,
+                                license="mit", base_model="timm/resnet18.a1_in1k", tags=["demo"])
+    front, body = split_card((directory / "README.md").read_text())
+
+    assert front["library_name"] == "arma-plugin" and front["license"] == "mit"
+    assert front["base_model"] == "timm/resnet18.a1_in1k"
+    assert {"arma", "demo"} <= set(front["tags"])
+    assert (library_tag in front["tags"]) if library_tag else not {"timm", "segmentation-models-pytorch"} & set(front["tags"])
+    assert front.get("pipeline_tag") == task
+    assert metrics in body
+    assert f"| convolutions converted | {model.arma_report.converted} |" in body
+    assert f"| AR parameters added | {model.arma_report.ar_params_added} |" in body
+
+    snippet = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    with torch.no_grad():
+        assert torch.equal(namespace["model"](x), model(x))
+
+
+def test_model_card_without_license_or_metrics_says_so(tiny_checkpoint):
+    front, body = split_card((tiny_checkpoint / "README.md").read_text())
+    assert front["license"] == "other" and "base_model" not in front
+    assert "No evaluation results were supplied" in body and "did not state a license" in body
+
+
+def test_plain_timm_and_smp_directories_are_armafied_with_armafy_base(tmp_path):
+    torch.manual_seed(0)
+    base = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    timm.models.save_for_hf(base, tmp_path / "timm", safe_serialization=True)
+    unet = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, classes=2,
+                    decoder_channels=(32, 16, 8)).eval()
+    unet.save_pretrained(tmp_path / "smp")
+    x = torch.randn(2, 3, 32, 32)
+
+    for original, directory in ((base, tmp_path / "timm"), (unet, tmp_path / "smp")):
+        model = from_pretrained(directory, armafy_base=True, arma_config=ARMAConfig(ar_kernel_size=5))
+        assert model.arma_config.ar_kernel_size == 5 and model.arma_report.converted > 0
+        with torch.no_grad():
+            # alpha = 0 makes the AR solve the identity up to the solver's float32 round-off
+            torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+        with pytest.raises(IncompatibleCheckpointError, match="armafy_base=True"):
+            from_pretrained(directory)
+
+
+def test_timm_pickle_directory_is_refused(tmp_path):
+    timm.models.save_for_hf(timm.create_model("test_resnet", pretrained=False), tmp_path)  # .bin only
+    with pytest.raises(UnsafeCheckpointError, match="pytorch_model.bin.*arbitrary code"):
+        from_pretrained(tmp_path, armafy_base=True)
+    with pytest.raises(UnsafeCheckpointError, match="pytorch_model.bin"):
+        from_pretrained(tmp_path / "pytorch_model.bin")
+
+
+def truncate(d: Path) -> None:
+    path = d / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def scramble_header(d: Path) -> None:
+    path = d / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:40] = b"\xff" * 32
+    path.write_bytes(bytes(data))
+
+
+BAD_INPUTS = {
+    "missing config": (lambda d: (d / "config.json").unlink(), CheckpointNotFoundError, "config.json: missing"),
+    "missing weights": (lambda d: (d / "model.safetensors").unlink(), CheckpointNotFoundError,
+                        "model.safetensors: missing"),
+    "pickle instead of weights": (lambda d: (d / "model.safetensors").rename(d / "pytorch_model.bin"),
+                                  UnsafeCheckpointError, "pytorch_model.bin: pickle checkpoints are refused"),
+    "newer format": (lambda d: edit_config(d, lambda c: c.update(arma_plugin_format=hub.FORMAT_VERSION + 1)),
+                     IncompatibleCheckpointError, "config.json: format version .* upgrade arma-plugin"),
+    "not json": (lambda d: (d / "config.json").write_text("{not json"), CorruptCheckpointError,
+                 "config.json: is not valid JSON"),
+    "not an arma config": (lambda d: (d / "config.json").write_text("{}"), IncompatibleCheckpointError,
+                           "config.json: is not an arma-plugin config"),
+    "truncated weights": (truncate, CorruptCheckpointError, "model.safetensors: is not a readable safetensors"),
+    "corrupt header": (scramble_header, CorruptCheckpointError, "model.safetensors: is not a readable"),
+    "num_classes differs": (lambda d: edit_config(d, lambda c: c["base"]["model_args"].update(num_classes=9)),
+                            CheckpointMismatchError, r"model.safetensors: 2 tensor.*fc.weight.*num_classes=\.\.\."),
+    "unknown architecture": (lambda d: edit_config(d, lambda c: c["base"].update(architecture="no_such_net")),
+                             UnknownArchitectureError, "config.json: timm .* has no model 'no_such_net'"),
+    "unknown library": (lambda d: edit_config(d, lambda c: c["base"].update(library="keras")),
+                        UnknownArchitectureError, "config.json: unknown base library 'keras'"),
+    # a Hub config.json names what gets called: only nn.Module classes are
+    "factory is a function": (lambda d: edit_config(d, lambda c: c["base"].update(
+        library="factory", architecture="os:system", model_args={"command": "true"})),
+        UnknownArchitectureError, "config.json: model factory 'os:system' is not an nn.Module subclass"),
+    "weight-loading model arg": (lambda d: edit_config(d, lambda c: c["base"]["model_args"].update(
+        checkpoint_path="/tmp/x.pth")), CorruptCheckpointError, r"config.json: model_args \['checkpoint_path'\] would load"),
+    "extra weight": (lambda d: _add_tensor(d, "stray.weight"), CheckpointMismatchError,
+                     r"unexpected \['stray.weight'\]"),
+}
+
+
+def _add_tensor(d: Path, name: str) -> None:
+    import safetensors.torch
+    tensors = safetensors.torch.load_file(d / "model.safetensors")
+    tensors[name] = torch.zeros(1)
+    safetensors.torch.save_file(tensors, d / "model.safetensors")
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_naming_the_file(case, tiny_checkpoint, tmp_path):
+    damage, error, message = BAD_INPUTS[case]
+    directory = copy_of(tiny_checkpoint, tmp_path)
+    damage(directory)
+    with pytest.raises(error, match=message) as info:
+        from_pretrained(directory)
+    assert isinstance(info.value, hub.CheckpointError) and str(directory) in info.value.path
+
+
+def test_strict_false_loads_despite_an_extra_key(tiny_checkpoint, tmp_path):
+    directory = copy_of(tiny_checkpoint, tmp_path)
+    _add_tensor(directory, "stray.weight")
+    loaded = from_pretrained(directory, strict=False)
+    expected = from_pretrained(tiny_checkpoint)
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize("overrides, message", [({"pretrained": True}, r"\['pretrained'\] would load base weights"),
+                                                ({"no_such_arg": 1}, "overrides {'no_such_arg': 1} rejected")])
+def test_bad_overrides_are_refused(overrides, message, tiny_checkpoint):
+    with pytest.raises(ValueError, match=message):
+        from_pretrained(tiny_checkpoint, **overrides)
+    with pytest.raises(ValueError, match="only used with armafy_base=True"):
+        from_pretrained(tiny_checkpoint, arma_config=ARMAConfig())
+
+
+def test_save_refuses_what_it_cannot_rebuild(tmp_path):
+    with pytest.raises(ValueError, match="pass model_factory='package.module:Class'"):
+        save_pretrained(armafy(TinyNet()), tmp_path)
+    with pytest.raises(ValueError, match="armafy"):
+        save_pretrained(TinyNet(), tmp_path, model_factory=TINY)
+    with pytest.raises(ValueError, match="does not build this model"):
+        save_pretrained(armafy(TinyNet()), tmp_path, model_factory="torch.nn:Conv2d")
+    with pytest.raises(ValueError, match=r"unknown card fields \['metric'\]"):
+        save_pretrained(armafy(TinyNet()), tmp_path, model_factory=TINY, metric="0.9")
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        save_pretrained(armafy(TinyNet()), tmp_path, model_factory=TINY, model_kwargs={"act": nn.ReLU})
