@@ -187,3 +187,31 @@ def test_erf_map_averages_over_output_channels():
     expected = torch.zeros(5, 5, dtype=torch.float64)
     expected[2, 1] = expected[2, 3] = 0.5
     torch.testing.assert_close(erf, expected)
+
+
+def test_ar_layer_radius_batched_over_channels_equals_one_by_one():
+    rng = np.random.default_rng(0)
+    left, right = rng.uniform(-0.45, 0.45, size=(2, 6, 2))  # |left| + |right| < 0.9: stable
+    left[0] = [0.0, 0.0]
+    right[0] = [-0.999999, 0.0]  # response longer than max_length: inf, not a truncated number
+    batched = ar_layer_radius(left, right, kernel_size=3, max_length=1 << 16)
+    single = [ar_layer_radius(lc, rc, kernel_size=3, max_length=1 << 16) for lc, rc in zip(left, right)]
+    assert math.isinf(batched[0]) and math.isinf(single[0])
+    np.testing.assert_allclose(batched[1:], single[1:], rtol=1e-12)  # same FFT per row; only the length may differ
+
+
+def test_ar_layer_summaries_of_an_armafied_model():
+    from arma_plugin import armafy
+    from arma_plugin.erf import ar_coefficients, ar_layer_summaries
+
+    model = armafy(nn.Sequential(nn.Conv2d(1, 2, 5, dilation=2), nn.Conv2d(2, 3, 3)), reparam=False)
+    with torch.no_grad():
+        model[0].ar.alpha.copy_(torch.tensor([0.0, -0.8, 0.0, 0.0]))  # causal a = 0.8 along H only
+    taps = ar_coefficients(model)
+    assert list(taps) == ["0.ar", "1.ar"] and taps["0.ar"].shape == (2, 1, 4)
+    first, second = ar_layer_summaries(model)
+    # the taps are float32 (0.8 is off by 1.5e-8 relative) and d log r / d log a is about 9 at a = 0.8
+    assert first.radius_h == pytest.approx(theoretical_radius(1, 5, 2, 0.8), rel=1e-6)
+    assert first.radius_w == pytest.approx(theoretical_radius(1, 5, 2, 0.0), rel=1e-8)
+    assert (first.mean_abs_tap, first.max_abs_tap) == pytest.approx((0.2, 0.8))  # one tap of four is 0.8
+    assert second.radius_h == second.radius_w == pytest.approx(theoretical_radius(1, 3), rel=1e-8)
