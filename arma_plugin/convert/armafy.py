@@ -85,7 +85,8 @@ def armafy(model: nn.Module, config: ARMAConfig | None = None, *, inplace: bool 
         raise ValueError(f"mode='graph' needs a model torch.fx can trace, and tracing failed: "
                          f"{trace.error}. Use mode='module', which falls back to walking modules.")
 
-    report = ConversionReport(mode=config.mode, traced=trace.traced, trace_error=trace.error)
+    report = ConversionReport(mode=config.mode, traced=trace.traced, trace_error=trace.error,
+                              untraceable=trace.untraceable)
     convs = _conv_modules(model)
     opaque = _opaque_leaves(model, trace)
     to_convert: dict[str, nn.Module] = {}

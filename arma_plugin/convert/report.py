@@ -31,11 +31,14 @@ class ConversionReport:
 
     ``calls`` is how often the traced forward calls the conv (``None`` when it is not known:
     no trace, or the conv sits inside a module the tracer must treat as opaque).
+    ``untraceable`` maps the modules that were kept opaque because their forward could not be
+    traced to the trace error.
     """
 
     mode: str
     traced: bool
     trace_error: str | None = None
+    untraceable: dict[str, str] = field(default_factory=dict)
     entries: list[ConvEntry] = field(default_factory=list)
     nonlocal_inserted: list[str] = field(default_factory=list)
     ar_params_added: int = 0
@@ -70,6 +73,8 @@ class ConversionReport:
 
     def summary(self) -> str:
         how = "traced with torch.fx" if self.traced else f"module walk (trace failed: {self.trace_error})"
+        if self.untraceable:
+            how += f", opaque: {', '.join(self.untraceable)}"
         parts = [f"{self.converted} converted"]
         if self.already_converted:
             parts.append(f"{self.already_converted} already ARMA")

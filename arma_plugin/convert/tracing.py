@@ -5,13 +5,18 @@ often, and which functional ``F.conv2d`` calls exist outside modules. Every ``nn
 (subclasses included) is a leaf, as are timm's registered non-traceable modules and functions
 (``timm.layers._fx``) and this package's own layers. Convs inside another leaf are opaque to
 the trace: they count as called, with an unknown number of calls.
+
+A module whose forward cannot be traced (shape-dependent Python control flow, iterating a
+tensor's shape, ...) is made a leaf and the model is traced again, so one untraceable decoder
+block does not hide every other conv's call count; only an error in the root module's own
+forward makes the whole trace fail.
 """
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.fx as fx
@@ -42,22 +47,37 @@ if register_notrace_module is not None:
         register_notrace_module(_leaf)
 
 
-class ARMATracer(fx.Tracer):
-    """fx tracer with conv, timm and arma-plugin leaves; counts leaf-module calls by name."""
+MAX_RETRACES = 16
 
-    def __init__(self) -> None:
+
+class ARMATracer(fx.Tracer):
+    """fx tracer with conv, timm and arma-plugin leaves; counts leaf-module calls by name.
+
+    ``extra_leaves`` are module names to keep opaque; ``failed_in`` is set to the innermost
+    module whose forward raised during the last trace.
+    """
+
+    def __init__(self, extra_leaves: Iterable[str] = ()) -> None:
         super().__init__(autowrap_functions=tuple(get_notrace_functions()))
         self.leaf_types = CONV_LIKE + OWN_LEAVES + tuple(get_notrace_modules())
+        self.extra_leaves = set(extra_leaves)
         self.leaf_calls: Counter[str] = Counter()
+        self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+        return (module_qualified_name in self.extra_leaves or isinstance(m, self.leaf_types)
+                or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         name = self.path_of_module(m)
         if self.is_leaf_module(m, name):
             self.leaf_calls[name] += 1
-        return super().call_module(m, forward, args, kwargs)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = name
+            raise
 
 
 @contextlib.contextmanager
@@ -87,6 +107,7 @@ class TraceResult:
     error: str | None = None
     leaf_calls: Counter = field(default_factory=Counter)
     used_attributes: set[str] = field(default_factory=set)
+    untraceable: dict[str, str] = field(default_factory=dict)  # module name -> its trace error
 
     @property
     def traced(self) -> bool:
@@ -106,14 +127,24 @@ class TraceResult:
         return [n for n in self.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_CONV2D]
 
 
+def _message(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
+
+
 def trace_model(model: nn.Module) -> TraceResult:
-    """Trace ``model``; on failure return the error instead of raising (armafy falls back)."""
-    tracer = ARMATracer()
-    try:
-        with _without_input_shape_checks(model):
-            graph = tracer.trace(model)
-    except Exception as err:  # any failure means "not traceable": report it, walk modules instead
-        message = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-        return TraceResult(None, message[:300])
-    used = {n.target for n in graph.nodes if n.op == "get_attr"}
-    return TraceResult(graph, None, tracer.leaf_calls, used)
+    """Trace ``model``, making untraceable submodules leaves; on failure in the root's own
+    forward return the error instead of raising (armafy then walks modules)."""
+    untraceable: dict[str, str] = {}
+    for _ in range(MAX_RETRACES):
+        tracer = ARMATracer(untraceable)
+        try:
+            with _without_input_shape_checks(model):
+                graph = tracer.trace(model)
+        except Exception as err:  # any failure means "not traceable here": narrow it down or report it
+            if not tracer.failed_in or tracer.failed_in in untraceable:
+                return TraceResult(None, _message(err), untraceable=untraceable)
+            untraceable[tracer.failed_in] = _message(err)
+            continue
+        used = {n.target for n in graph.nodes if n.op == "get_attr"}
+        return TraceResult(graph, None, tracer.leaf_calls, used, untraceable)
+    return TraceResult(None, f"still untraceable after making {MAX_RETRACES} modules leaves", untraceable=untraceable)
