@@ -157,6 +157,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- erf
 def cmd_erf(args: argparse.Namespace) -> None:
     if args.models:
+        if args.table or args.json:
+            raise UsageError("--table/--json compare Thm 3's networks with the theorem; with --models the "
+                             "radii of the models are printed anyway")
         _erf_of_models(args)
         return
     from .erf import radius_table
@@ -199,12 +202,10 @@ def _erf_of_models(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- bench
-def cmd_bench(args: argparse.Namespace) -> None:
+def cmd_bench(args: argparse.Namespace) -> int:
     from . import benchmark
 
-    status = benchmark.main(args.bench_args)
-    if status:
-        raise SystemExit(status)
+    return benchmark.main(args.bench_args) or 0
 
 
 # --------------------------------------------------------------------------- parser
@@ -284,13 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args) or 0
     except (UsageError, ValueError, FileNotFoundError, ImportError) as err:
         # ValueError is this package's bad-input exception (ARMAConfig, checkpoints, erf arguments)
         message = " ".join(str(err).split())  # one line, whatever the exception's layout
         print(f"arma-plugin {args.command}: error: {message}", file=sys.stderr)
         return USAGE_ERROR
-    return 0
+    return status
 
 
 if __name__ == "__main__":

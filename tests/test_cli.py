@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -100,10 +101,24 @@ def test_erf_table_and_figure(tmp_path):
     assert fig3.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_bench_passes_its_arguments_through():
+def test_bench_runs_the_layer_benchmark():
     result = run_cli("bench", "--help")
     assert result.returncode == 0, result.stderr
     assert "usage" in result.stdout.lower()
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_bench_passes_arguments_and_status_through(monkeypatch, capsys, status):
+    import arma_plugin
+
+    received = []
+    fake = types.ModuleType("arma_plugin.benchmark")
+    fake.main = lambda argv: received.append(argv) or status
+    monkeypatch.setitem(sys.modules, "arma_plugin.benchmark", fake)
+    monkeypatch.setattr(arma_plugin, "benchmark", fake, raising=False)
+    code, _, _ = run_main(capsys, "bench", "--help", "--json", "--size", "8")
+    assert received == [["--help", "--json", "--size", "8"]]
+    assert code == status
 
 
 def test_user_mistake_is_one_line_and_exit_2():
@@ -153,6 +168,7 @@ def test_erf_of_models_side_by_side(checkpoint, tmp_path, capsys):
     (["erf", "--layers", "1"], "nothing to do"),
     (["erf", "--layers", "1", "--coeffs", "0", "--out", "fig3.jpg"], ".png"),
     (["erf", "--models", "timm:test_resnet", "--input-size", "3", "32"], "--input-size"),
+    (["erf", "--models", "timm:test_resnet", "--table"], "--table"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, argv, message):
