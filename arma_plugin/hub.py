@@ -225,6 +225,10 @@ def _arma_attributes(model: nn.Module):
 def _base_spec(model: nn.Module, model_factory: str | type | None,
                model_kwargs: Mapping[str, Any] | None) -> BaseSpec:
     kwargs = dict(model_kwargs or {})
+    if isinstance(model, torch.fx.GraphModule):
+        raise ValueError("save_pretrained: a torch.fx.GraphModule (armafy with mode='graph') no longer "
+                         "knows the timm/SMP model or class it was traced from, so it cannot be rebuilt; "
+                         "armafy with mode='module' (the default) to save a checkpoint")
     if model_factory is not None:
         path = model_factory if isinstance(model_factory, str) else _import_path(model_factory)
         cls = _resolve_factory(path, "model_factory")
@@ -336,7 +340,7 @@ def _render_model_card(config: Mapping[str, Any], **card_fields: Any) -> str:
         title=f"ARMA {base['architecture'].rpartition(':')[2]}: {Path(str(repo_id)).name}",
         repo_id=repo_id,
         base_description=_describe_base(base),
-        arma_config_rows=[(k, json.dumps(v).replace("|", "\\|")) for k, v in config["arma_config"].items()],
+        arma_config_rows=[(k, repr(v).replace("|", "\\|")) for k, v in config["arma_config"].items()],
         converted=conversion["converted"],
         skipped=conversion["skipped"],
         ar_params_added=conversion["ar_params_added"],

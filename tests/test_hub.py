@@ -357,5 +357,7 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
         save_pretrained(armafy(TinyNet()), tmp_path, model_factory="torch.nn:Conv2d")
     with pytest.raises(ValueError, match=r"unknown card fields \['metric'\]"):
         save_pretrained(armafy(TinyNet()), tmp_path, model_factory=TINY, metric="0.9")
+    with pytest.raises(ValueError, match="mode='module'"):
+        save_pretrained(armafy(TinyNet(), mode="graph"), tmp_path, model_factory=TINY)
     with pytest.raises(ValueError, match="not JSON-serialisable"):
         save_pretrained(armafy(TinyNet()), tmp_path, model_factory=TINY, model_kwargs={"act": nn.ReLU})
