@@ -51,6 +51,8 @@ def erf_map(model: nn.Module, input_shape: Sequence[int], *, output_index: Seque
 
     Entry ``[j1, j2]`` is the weight of input pixel ``(j1, j2)``; the offset of Def. 2 is
     ``p = output location − j`` (in input pixels when the model keeps the resolution).
+    Def. 2 also averages over output locations; like Luo et al. this measures one, which is
+    the same thing for a shift-invariant network away from the borders.
     """
     if len(input_shape) != 3 or any(int(n) < 1 for n in input_shape):
         raise ValueError(f"input_shape must be (channels, height, width) of positive ints, got {tuple(input_shape)!r}")
@@ -102,7 +104,8 @@ def erf_radius(erf: torch.Tensor | np.ndarray, *, origin: Sequence[float] | None
     Args:
         erf: non-negative weights, ``[N]`` or ``[H, W]``.
         origin: index of the output location (offset ``p = 0``); the map's centre
-            ``n // 2`` per axis if None (what :func:`erf_map` uses by default).
+            ``n // 2`` per axis if None (the default output of :func:`erf_map` for a model
+            that keeps the resolution).
         about: ``"origin"`` is eq. 3 as printed, the standard deviation of the distance
             ``|p|`` to the output location; ``"mean"`` is the standard deviation about the
             ERF's centre of mass, ``sqrt(Σ_axes Var(p_axis))``. The two agree for a 1-D
