@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -437,7 +438,8 @@ def _file_fetcher(repo_id_or_path: str | os.PathLike, **hub_kwargs: Any):
 
     def fetch_hub(filename: str) -> str:
         try:
-            return hf_hub_download(repo_id, filename, **hub_kwargs)
+            path = hf_hub_download(repo_id, filename, library_name="arma-plugin",
+                                   library_version=_package_version(), **hub_kwargs)
         except HFValidationError as err:
             raise CheckpointNotFoundError(repo_id, "is neither a local directory nor a valid Hub "
                                                    f"repo id ({err})") from err
@@ -447,6 +449,11 @@ def _file_fetcher(repo_id_or_path: str | os.PathLike, **hub_kwargs: Any):
             raise CheckpointNotFoundError(f"{repo_id}/{filename}", "not a local directory, and not "
                                           f"found on the Hub or in its cache{hint} "
                                           f"({type(err).__name__}: {err})") from err
+        # later files come from the same commit, even if the repo is pushed to in between
+        snapshot = Path(path).parent.name
+        if re.fullmatch(r"[0-9a-f]{40}", snapshot):
+            hub_kwargs["revision"] = snapshot
+        return path
     return fetch_hub
 
 

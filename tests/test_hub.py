@@ -159,12 +159,25 @@ def test_fake_hub_cache_offline(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     expected = from_pretrained(tiny_checkpoint)
+    requested = []
+
+    def recording_download(repo_id, filename, **kwargs):
+        requested.append((filename, kwargs["revision"]))
+        return huggingface_hub.hf_hub_download(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(hub, "hf_hub_download", recording_download)
 
     for rev in (None, revision):
+        requested.clear()
         loaded = from_pretrained("someone/arma-tiny", cache_dir=tmp_path / "cache", revision=rev)
         assert all(torch.equal(v, expected.state_dict()[k]) for k, v in loaded.state_dict().items())
+        # the weights are fetched from the commit config.json resolved to
+        assert requested == [("config.json", rev), ("model.safetensors", revision)]
     with pytest.raises(CheckpointNotFoundError, match="someone/not-cached/config.json"):
         from_pretrained("someone/not-cached", cache_dir=tmp_path / "cache")
+    (repo / "snapshots" / revision / "model.safetensors").unlink()
+    with pytest.raises(CheckpointNotFoundError, match="arma-tiny/model.safetensors.*reads only model.safetensors"):
+        from_pretrained("someone/arma-tiny", cache_dir=tmp_path / "cache")
 
 
 class FakeHfApi:
