@@ -20,15 +20,19 @@ def factor_matrix(left: torch.Tensor, right: torch.Tensor, n: int, boundary: str
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
-    c = left.shape[0]
-    m = torch.eye(n, dtype=left.dtype, device=left.device).repeat(c, 1, 1)
-    for i in range(n):
-        for j, tap in ((i - dilation, right), (i + dilation, left)):
-            if boundary == "circular":
-                m[:, i, j % n] = m[:, i, j % n] + tap
-            elif 0 <= j < n:
-                m[:, i, j] = m[:, i, j] + tap
-    return m
+    idx = torch.arange(n, device=left.device)
+    shifts = []
+    for offset in (-dilation, dilation):
+        rows, cols = idx, idx + offset
+        if boundary == "circular":
+            cols = cols % n
+        else:
+            keep = (cols >= 0) & (cols < n)
+            rows, cols = rows[keep], cols[keep]
+        shift = torch.zeros(n, n, dtype=left.dtype, device=left.device)
+        shifts.append(shift.index_put_((rows, cols), torch.ones_like(rows, dtype=left.dtype), accumulate=True))
+    eye = torch.eye(n, dtype=left.dtype, device=left.device)
+    return eye + right[:, None, None] * shifts[0] + left[:, None, None] * shifts[1]
 
 
 def axis_operator(left: torch.Tensor, right: torch.Tensor, n: int, boundary: str,

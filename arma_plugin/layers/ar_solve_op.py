@@ -24,12 +24,14 @@ def numba_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = None) -> str:
+def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = None,
+                    known_stable: bool = False) -> str:
     """Pick the solver: argument, else ``$ARMA_PLUGIN_BACKEND``, else automatic.
 
     Automatic: ``numba`` for CPU float32/float64 when numba is installed and the taps
-    are inside the stable region (always true with ``reparam=True``), else ``torch``.
-    A forced ``numba`` that cannot run raises instead of silently falling back.
+    are inside the stable region, else ``torch``. ``known_stable`` (true for
+    re-parameterised taps, Thm 7) skips the data-dependent check, so ``torch.compile``
+    sees no graph break. A forced ``numba`` that cannot run raises instead of falling back.
     """
     requested = backend or os.environ.get(BACKEND_ENV) or None
     if requested is not None and requested not in BACKENDS:
@@ -41,11 +43,11 @@ def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = N
         if not numba_ok or not numba_available():
             raise ValueError("backend='numba' needs numba installed and a CPU float32/float64 input, "
                              f"got device={x.device.type}, dtype={x.dtype}")
-        if not taps_are_stable(taps):
+        if not known_stable and not taps_are_stable(taps):
             raise ValueError("backend='numba' needs taps with |left|+|right| < 1 (Thm 6); "
                              "use backend='torch' for raw taps outside the stable region")
         return "numba"
-    if numba_ok and numba_available() and not torch.compiler.is_compiling() and taps_are_stable(taps):
+    if numba_ok and numba_available() and (known_stable or taps_are_stable(taps)):
         return "numba"
     return "torch"
 

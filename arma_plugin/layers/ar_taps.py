@@ -12,6 +12,12 @@ import torch
 
 BOUNDARIES = ("circular", "zeros")
 
+# tanh saturates to exactly ±1 in floating point (|alpha| > 9 in float32), which would put
+# the taps ON the boundary |left|+|right| = 1 (a singular circulant). Capping |tanh| here
+# keeps every factor strictly stable with gain at most 2**16 (at most 2**(32 Q) for the
+# whole filter); it changes nothing for |alpha| < 5.9, where tanh is below the cap.
+TANH_LIMIT = 1.0 - 2.0 ** -16
+
 
 def ar_taps(alpha: torch.Tensor, reparam: bool = True) -> torch.Tensor:
     """Map ``alpha`` ``[C, Q, 4]`` to factor taps ``(f_left, f_right, g_left, g_right)``.
@@ -19,12 +25,13 @@ def ar_taps(alpha: torch.Tensor, reparam: bool = True) -> torch.Tensor:
     With ``reparam`` (Thm 7, in the authors' released layout) ``c = tanh(alpha)/sqrt(2)``
     and ``f_left = (c0+c1)/√2, f_right = (c1-c0)/√2, g_left = (c2+c3)/√2, g_right = (c3-c2)/√2``:
     a 45° rotation, so ``|left| + |right| = √2·max(|c0|, |c1|) < 1`` for every finite
-    ``alpha`` and each factor is strictly diagonally dominant (Thm 6: stable).
+    ``alpha`` and each factor is strictly diagonally dominant (Thm 6: stable). ``|tanh|``
+    is capped at :data:`TANH_LIMIT` so this also holds after floating-point rounding.
     Without ``reparam`` ``alpha`` already holds the raw taps (may leave the stable region).
     """
     if not reparam:
         return alpha
-    c = torch.tanh(alpha) / math.sqrt(2.0)
+    c = torch.tanh(alpha).clamp(-TANH_LIMIT, TANH_LIMIT) / math.sqrt(2.0)
     c0, c1, c2, c3 = c.unbind(-1)
     s = 1.0 / math.sqrt(2.0)
     return torch.stack(((c0 + c1) * s, (c1 - c0) * s, (c2 + c3) * s, (c3 - c2) * s), dim=-1)

@@ -55,7 +55,7 @@ def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circ
     with torch.autocast(x.device.type, enabled=False):
         taps = ar_taps(alpha.to(compute_dtype), reparam)
         xc = x.to(compute_dtype)
-        y = ar_solve(xc, taps, boundary, dilation, resolve_backend(xc, taps, backend))
+        y = ar_solve(xc, taps, boundary, dilation, resolve_backend(xc, taps, backend, known_stable=reparam))
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         y = y.contiguous(memory_format=torch.channels_last)
     return y.to(x.dtype)

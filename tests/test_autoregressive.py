@@ -1,0 +1,274 @@
+"""AutoRegressive2d / autoregressive2d against the dense float64 reference (Def. 1, 5; Thm 4, 6, 7)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from arma_plugin.layers import AutoRegressive2d, ar_taps, autoregressive2d
+from arma_plugin.layers.ar_reference import ar_apply_reference, ar_solve_reference, axis_operator
+from arma_plugin.layers.ar_released import released_autoregressive2d
+from arma_plugin.layers.ar_solve_op import numba_available
+from arma_plugin.layers.ar_taps import TANH_LIMIT
+
+BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba missing"))]
+BOUNDARIES = ["circular", "zeros"]
+SIZES = [(1, 1), (2, 7), (5, 3), (33, 64)]
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def _condition(taps: torch.Tensor, h: int, w: int, boundary: str, dilation: int) -> float:
+    """Condition of ``A = A_H ⊗ A_W`` w.r.t. rounding of its taps: ``‖A^{-1}‖·‖|A|‖`` per axis.
+
+    ``|A|`` (built from the absolute taps) rather than ``A`` so that cancellation in
+    ``1 + left + right`` (e.g. the 1×1 circular case) counts, worst channel.
+    """
+    def axis(left: torch.Tensor, right: torch.Tensor, n: int) -> torch.Tensor:
+        inv_norm = torch.linalg.matrix_norm(torch.linalg.inv(axis_operator(left, right, n, boundary, dilation)), 2)
+        return inv_norm * torch.linalg.matrix_norm(axis_operator(left.abs(), right.abs(), n, boundary, dilation), 2)
+    taps = taps.detach()
+    return float((axis(taps[..., 0], taps[..., 1], h) * axis(taps[..., 2], taps[..., 3], w)).max())
+
+
+@torch.no_grad()
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("q", [1, 2, 3])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_values_and_grads_match_dense_reference(backend, boundary, q, dilation, size):
+    gen = torch.Generator().manual_seed(1000 * q + 10 * dilation + size[0])
+    h, w = size
+    alpha = (3.0 * torch.randn(3, q, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
+
+    y = autoregressive2d(x, alpha, boundary, dilation=dilation, backend=backend)
+    gx, ga = torch.autograd.grad(y, (x, alpha), grad_out)
+    alpha_ref = alpha.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = ar_solve_reference(x_ref, ar_taps(alpha_ref), boundary, dilation)
+    gx_ref, ga_ref = torch.autograd.grad(y_ref, (x_ref, alpha_ref), grad_out, allow_unused=True)
+    if ga_ref is None:  # 1×1 zeros: every tap falls outside the image, A = I
+        ga_ref = torch.zeros_like(alpha)
+
+    # A backward-stable solve has relative error ≲ c·eps·cond(A); random alpha·3 taps come
+    # close to the singular boundary (cond up to ~1e10), and c = 1e3 covers the O(n) growth
+    # of the dense reference's own LU error at n = 64 plus the gradient's second solve.
+    tol = 1e3 * EPS64 * _condition(ar_taps(alpha), h, w, boundary, dilation)
+    assert _rel_err(y, y_ref) <= tol
+    assert _rel_err(gx, gx_ref) <= tol
+    assert (ga - ga_ref).abs().max() <= tol * max(ga_ref.abs().max().item(), 1.0)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck(backend, boundary, dilation):
+    gen = torch.Generator().manual_seed(7)
+    alpha = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 1, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x_, a_: autoregressive2d(x_, a_, boundary, dilation=dilation, backend=backend), (x, alpha))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 9), (16, 16)], ids=str)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_solve_property(backend, boundary, size):
+    """Re-applying the AR filter ``A`` (dense, no inversion) to ``Y`` gives back ``X``."""
+    gen = torch.Generator().manual_seed(3)
+    alpha = torch.randn(4, 2, 4, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 4, *size, generator=gen, dtype=torch.float64)
+    y = autoregressive2d(x, alpha, boundary, dilation=1, backend=backend)
+    back = ar_apply_reference(y, ar_taps(alpha), boundary)
+    # A has norm ≤ (1+√2)^(2Q) ≈ 34 here and Y is exact to c·eps·cond, so 1e-10 absolute
+    # leaves ~1e4 margin for these well-conditioned (alpha ~ N(0,1)) systems.
+    assert (back - x).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 5), (16, 12)], ids=str)
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_circular_equals_released_algorithm(backend, dilation, size):
+    gen = torch.Generator().manual_seed(11)
+    alpha = torch.randn(3, 2, 4, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64)
+    ours = autoregressive2d(x, alpha, "circular", dilation=dilation, backend=backend)
+    released = released_autoregressive2d(x, alpha, dilation)
+    # Two exact algorithms in float64 on well-conditioned systems (alpha ~ N(0,1)):
+    # they differ by rounding only, ~1e-15 relative; 1e-11 leaves room for cond ~1e3.
+    assert _rel_err(ours, released) < 1e-11
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_numba_and_portable_paths_agree(boundary):
+    pytest.importorskip("numba")
+    gen = torch.Generator().manual_seed(5)
+    alpha = torch.randn(4, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, 20, 24, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(3, 4, 20, 24, generator=gen, dtype=torch.float64)
+    results = []
+    for backend in ("numba", "torch"):
+        y = autoregressive2d(x, alpha, boundary, dilation=2, backend=backend)
+        results.append((y, *torch.autograd.grad(y, (x, alpha), grad_out)))
+    for ours, theirs in zip(*results):
+        # float64 on a well-conditioned system: both exact up to ~1e-15 relative.
+        assert _rel_err(ours, theirs) < 1e-12
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stability_fuzz(backend, boundary):
+    """Thm 6/7: any finite alpha (up to ±1e4, where tanh rounds to ±1) gives stable taps."""
+    gen = torch.Generator().manual_seed(0)
+    alphas = [1e4 * torch.sign(torch.randn(8, 3, 4, generator=gen)),
+              torch.randn(8, 3, 4, generator=gen) * 1e3,
+              torch.full((8, 3, 4), -1e4), torch.full((8, 3, 4), 1e4)]
+    x = torch.randn(2, 8, 6, 8, generator=gen)  # even sizes: the circulant's weakest frequency exists
+    for alpha in alphas:
+        taps = ar_taps(alpha)
+        assert ((taps[..., 0].abs() + taps[..., 1].abs()) < 1).all()
+        assert ((taps[..., 2].abs() + taps[..., 3].abs()) < 1).all()
+        y = autoregressive2d(x, alpha, boundary, backend=backend)
+        assert torch.isfinite(y).all()
+
+
+def test_tanh_cap_only_changes_saturated_alpha():
+    alpha = torch.linspace(-5.5, 5.5, 45, dtype=torch.float64).reshape(1, -1, 1).expand(1, 45, 4)
+    c0, c1, c2, c3 = (torch.tanh(alpha) / math.sqrt(2.0)).unbind(-1)
+    s = 1.0 / math.sqrt(2.0)
+    plain = torch.stack(((c0 + c1) * s, (c1 - c0) * s, (c2 + c3) * s, (c3 - c2) * s), -1)
+    assert torch.equal(ar_taps(alpha), plain)
+    assert ar_taps(torch.full((1, 1, 4), 50.0)).abs().max() <= TANH_LIMIT
+
+
+def test_reparam_false_uses_raw_taps_and_may_be_singular():
+    taps = torch.zeros(1, 1, 4, dtype=torch.float64)
+    taps[0, 0, 0] = 0.5  # f_left = f_right = 0.5: symbol 1 + cos θ vanishes at θ = π (even H)
+    taps[0, 0, 1] = 0.5
+    x = torch.randn(1, 1, 4, 3, dtype=torch.float64)
+    y = autoregressive2d(x, taps, "circular", reparam=False)
+    assert not torch.isfinite(y).all()  # singular system: reported as inf/nan, not hidden
+    y_zeros = autoregressive2d(x, taps, "zeros", reparam=False)  # tridiagonal, det ≠ 0
+    # non-singular raw taps: exact to float64 rounding on this 4×3 system (cond ≈ 10)
+    assert torch.allclose(y_zeros, ar_solve_reference(x, taps, "zeros"), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_precision_solved_in_float32(backend, dtype):
+    gen = torch.Generator().manual_seed(2)
+    alpha = torch.randn(4, 1, 4, generator=gen)
+    x = torch.randn(2, 4, 9, 10, generator=gen).to(dtype).requires_grad_()
+    y = autoregressive2d(x, alpha, "circular", backend=backend)
+    assert y.dtype == dtype
+    expected = autoregressive2d(x.detach().float(), alpha, "circular", backend=backend).to(dtype)
+    assert torch.equal(y, expected)  # same float32 solve, one final rounding
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype
+
+
+def test_autocast_keeps_input_dtype_and_solves_in_float32():
+    layer = AutoRegressive2d(4)
+    with torch.no_grad():
+        layer.alpha.normal_()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y32 = layer(x)
+        y16 = layer(x.bfloat16())
+    assert y32.dtype == torch.float32 and y16.dtype == torch.bfloat16
+    assert torch.equal(y32, layer(x))  # float32 input: autocast does not lower the solve
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last(backend, boundary):
+    gen = torch.Generator().manual_seed(4)
+    alpha = torch.randn(5, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 5, 7, 6, generator=gen, dtype=torch.float64)
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    y_cl = autoregressive2d(x_cl, alpha, boundary, backend=backend)
+    y = autoregressive2d(x, alpha, boundary, backend=backend)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y_cl, y)  # same kernel on the same (contiguous) data
+    y_cl.sum().backward()
+    assert torch.isfinite(x_cl.grad).all()
+
+
+def test_init_is_identity_and_shapes():
+    layer = AutoRegressive2d(6, ar_kernel_size=5, boundary="zeros", dilation=2)
+    assert layer.alpha.shape == (6, 2, 4) and (layer.alpha == 0).all()
+    x = torch.randn(3, 6, 5, 7)
+    assert torch.equal(layer(x), x)  # alpha = 0: taps are exactly 0, every division is by 1
+    assert (layer.channels, layer.ar_kernel_size, layer.boundary, layer.reparam, layer.dilation) == \
+        (6, 5, "zeros", True, 2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(ar_kernel_size=4), "ar_kernel_size"),
+    (dict(ar_kernel_size=1), "ar_kernel_size"),
+    (dict(boundary="reflect"), "boundary"),
+    (dict(dilation=0), "dilation"),
+])
+def test_bad_module_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AutoRegressive2d(4, **kwargs)
+
+
+@pytest.mark.parametrize("x_shape, kwargs, match", [
+    ((2, 3, 8, 8), {}, "channels"),
+    ((4, 8, 8), {}, "4-D"),
+    ((1, 4, 8, 8), dict(boundary="same"), "boundary"),
+    ((1, 4, 8, 8), dict(dilation=-1), "dilation"),
+    ((1, 4, 8, 8), dict(backend="cuda"), "backend"),
+])
+def test_bad_functional_input(x_shape, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        autoregressive2d(torch.randn(x_shape), torch.zeros(4, 1, 4), **kwargs)
+
+
+def test_forced_numba_rejects_unstable_raw_taps():
+    pytest.importorskip("numba")
+    with pytest.raises(ValueError, match="stable"):
+        autoregressive2d(torch.randn(1, 1, 4, 4), torch.full((1, 1, 4), 0.6), reparam=False, backend="numba")
+
+
+def test_saves_only_the_output_for_backward():
+    layer = AutoRegressive2d(8, ar_kernel_size=5)
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        layer(x)
+    assert sum(n for n in saved if n >= x.numel()) == x.numel()  # one output-sized tensor (Y)
+
+
+def test_jit_trace_and_fx():
+    layer = AutoRegressive2d(3, ar_kernel_size=5, boundary="zeros")
+    with torch.no_grad():
+        layer.alpha.normal_()
+    x = torch.randn(2, 3, 8, 9)
+    expected = layer(x)
+    traced = torch.jit.trace(layer, x)
+    assert torch.equal(traced(x), expected)
+    graph = torch.fx.symbolic_trace(layer)
+    assert any(node.target.__name__ == "autoregressive2d" for node in graph.graph.nodes
+               if node.op == "call_function")
+    assert torch.equal(graph(x), expected)
+
+
+def test_compile_smoke():
+    layer = AutoRegressive2d(3)
+    with torch.no_grad():
+        layer.alpha.normal_()
+    x = torch.randn(1, 3, 6, 7, requires_grad=True)
+    compiled = torch.compile(layer, backend="eager")
+    y = compiled(x)
+    assert torch.equal(y, layer(x))  # same custom op under the compiled graph
+    y.sum().backward()
+    assert x.grad is not None and layer.alpha.grad is not None
