@@ -180,16 +180,19 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
         "arma_config": arma_config.to_dict(),
         "conversion": report.to_dict(),
     }
+    card = _render_model_card(config, **{"repo_id": str(save_directory), **card_fields}) if model_card else None
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     # write, then rename: an interrupted save never leaves a truncated model.safetensors
     staged = directory / f".{WEIGHTS_NAME}.tmp"
-    safetensors.torch.save_model(model, str(staged), metadata={"format": "pt"})
-    os.replace(staged, directory / WEIGHTS_NAME)
+    try:
+        safetensors.torch.save_model(model, str(staged), metadata={"format": "pt"})
+        os.replace(staged, directory / WEIGHTS_NAME)
+    finally:
+        staged.unlink(missing_ok=True)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if model_card:
-        fields = {"repo_id": str(save_directory), **card_fields}
-        (directory / CARD_NAME).write_text(_render_model_card(config, **fields), encoding="utf-8")
+    if card is not None:
+        (directory / CARD_NAME).write_text(card, encoding="utf-8")
     return directory
 
 
@@ -201,13 +204,12 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None,
 
     The repository is created if missing (``exist_ok=True``; ``private`` applies only then).
     ``save_kwargs`` go to :func:`save_pretrained`; the card's load line uses the full repo id
-    returned by the Hub unless ``repo_id`` is given there. Returns ``upload_folder``'s
-    ``CommitInfo``.
+    (``namespace/name``) the Hub returns. Returns ``upload_folder``'s ``CommitInfo``.
     """
     api = HfApi(token=token)
     repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     full_id = getattr(repo_url, "repo_id", None) or repo_id
-    save_kwargs.setdefault("repo_id", full_id)
+    save_kwargs["repo_id"] = full_id
     with tempfile.TemporaryDirectory(prefix="arma-plugin-push-") as tmp:
         save_pretrained(model, tmp, **save_kwargs)
         return api.upload_folder(repo_id=full_id, folder_path=tmp, repo_type="model",
@@ -316,16 +318,13 @@ def _render_model_card(config: Mapping[str, Any], **card_fields: Any) -> str:
     pipeline_tag = card_fields.get("pipeline_tag") or TASK_TAG.get(library)
     if pipeline_tag:
         tags.append(pipeline_tag)
-    extra_tags = card_fields.get("tags") or []
-    if isinstance(extra_tags, str) or not all(isinstance(t, str) for t in extra_tags):
-        raise ValueError(f"card field 'tags' must be a list of strings, got {extra_tags!r}")
     front = {"library_name": "arma-plugin",
-             "tags": list(dict.fromkeys(tags + list(extra_tags))),
+             "tags": list(dict.fromkeys(tags + _string_list(card_fields, "tags"))),
              "license": card_fields.get("license") or "other"}
     if card_fields.get("base_model"):
         front["base_model"] = card_fields["base_model"]
     if card_fields.get("datasets"):
-        front["datasets"] = list(card_fields["datasets"])
+        front["datasets"] = _string_list(card_fields, "datasets")
     if pipeline_tag:
         front["pipeline_tag"] = pipeline_tag
     metrics = card_fields.get("metrics")
@@ -351,6 +350,13 @@ def _render_model_card(config: Mapping[str, Any], **card_fields: Any) -> str:
         license_given=bool(card_fields.get("license")),
         version=config["arma_plugin_version"],
     )
+
+
+def _string_list(card_fields: Mapping[str, Any], name: str) -> list[str]:
+    value = card_fields.get(name) or []
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"card field {name!r} must be a list of strings, got {value!r}")
+    return list(value)
 
 
 def _describe_base(base: Mapping[str, Any]) -> str:

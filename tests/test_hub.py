@@ -370,6 +370,9 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
         save_pretrained(armafy(TinyNet()), tmp_path, model_factory="torch.nn:Conv2d")
     with pytest.raises(ValueError, match=r"unknown card fields \['metric'\]"):
         save_pretrained(armafy(TinyNet()), tmp_path, model_factory=TINY, metric="0.9")
+    with pytest.raises(ValueError, match="card field 'datasets' must be a list of strings"):
+        save_pretrained(armafy(TinyNet()), tmp_path / "not-written", model_factory=TINY, datasets="isic")
+    assert not (tmp_path / "not-written").exists(), "a refused card must not leave files behind"
     with pytest.raises(ValueError, match="mode='module'"):
         save_pretrained(armafy(TinyNet(), mode="graph"), tmp_path, model_factory=TINY)
     with pytest.raises(ValueError, match="not JSON-serialisable"):
