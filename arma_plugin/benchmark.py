@@ -1,0 +1,142 @@
+"""Layer benchmark: fwd+bwd time and memory saved for backward of the AR layer.
+
+Compares, at ``B × C × H × W`` (C → C channels): a 3×3 ``Conv2d`` (the MA part), our AR
+layer (each available backend), and the port of the authors' released algorithm
+(``Q`` sequential 2-D FFT divisions with autograd through ``torch.fft``; circular only).
+Prints a table (or ``--json``). Times are medians over ``--repeats`` after one warm-up;
+only ratios within one run are meaningful on a shared machine.
+
+    python scripts/bench_layer.py --sizes 32 64 128 256 --repeats 5
+    arma-plugin bench --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .layers.ar_released import released_autoregressive2d
+from .layers.ar_solve_op import numba_available
+from .layers.autoregressive import autoregressive2d
+
+SUPPORTED_DEVICES = ("cpu", "cuda")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor,
+                  repeats: int) -> float:
+    """Median milliseconds of ``fn(x).backward(grad)`` (one untimed warm-up)."""
+    times = []
+    for i in range(repeats + 1):
+        x.grad = None
+        _sync(x.device)
+        start = time.perf_counter()
+        fn(x).backward(grad)
+        _sync(x.device)
+        if i:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes of distinct tensors autograd saves for backward during ``fn(x)``."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[(t.untyped_storage().data_ptr(), t.storage_offset())] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(seen.values())
+
+
+def run(sizes: list[int], qs: list[int], boundaries: list[str], batch: int, channels: int, repeats: int,
+        device: torch.device, backends: list[str]) -> list[dict]:
+    """One row per (size, Q, boundary): times in ms, ratios, saved bytes in output sizes."""
+    rows = []
+    conv = nn.Conv2d(channels, channels, 3, padding=1, device=device)
+    for size in sizes:
+        x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+        grad = torch.randn_like(x)
+        out_bytes = x.numel() * x.element_size()
+        conv_ms = _time_fwd_bwd(conv, x, grad, repeats)
+        for q in qs:
+            alpha = (0.5 * torch.randn(channels, q, 4, device=device)).requires_grad_()
+            for boundary in boundaries:
+                row = {"size": size, "Q": q, "boundary": boundary, "batch": batch, "channels": channels,
+                       "device": str(device), "conv_ms": conv_ms}
+                for backend in backends:
+                    def layer(t: torch.Tensor, backend: str = backend) -> torch.Tensor:
+                        return autoregressive2d(t, alpha, boundary, backend=backend)
+                    row[f"ar_{backend}_ms"] = _time_fwd_bwd(layer, x, grad, repeats)
+                    row[f"ar_{backend}_saved_outputs"] = saved_bytes(layer, x) / out_bytes
+                if boundary == "circular":
+                    def released(t: torch.Tensor) -> torch.Tensor:
+                        return released_autoregressive2d(t, alpha)
+                    row["released_ms"] = _time_fwd_bwd(released, x, grad, repeats)
+                    row["released_saved_outputs"] = saved_bytes(released, x) / out_bytes
+                rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], backends: list[str]) -> str:
+    best = backends[0]
+    head = ["H=W", "Q", "boundary", "conv ms"] + [f"AR[{b}] ms" for b in backends] + \
+        ["released ms", f"AR[{best}]/conv", f"released/AR[{best}]", "saved AR (×out)", "saved released (×out)"]
+    lines = [head]
+    for r in rows:
+        fast = r[f"ar_{best}_ms"]
+        rel = r.get("released_ms")
+        lines.append([str(r["size"]), str(r["Q"]), r["boundary"], f"{r['conv_ms']:.1f}"]
+                     + [f"{r[f'ar_{b}_ms']:.1f}" for b in backends]
+                     + [f"{rel:.1f}" if rel else "-", f"{fast / r['conv_ms']:.2f}",
+                        f"{rel / fast:.1f}" if rel else "-", f"{r[f'ar_{best}_saved_outputs']:.2f}",
+                        f"{r['released_saved_outputs']:.2f}" if rel else "-"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["| " + " | ".join(c.rjust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    text.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arma-plugin bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128], help="H = W values")
+    p.add_argument("--q", type=int, nargs="+", default=[1, 2], help="factors per axis (ar_kernel_size = 2Q+1)")
+    p.add_argument("--boundaries", nargs="+", default=["circular", "zeros"], choices=["circular", "zeros"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per entry (median reported)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=SUPPORTED_DEVICES)
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("sizes", "q"):
+        if min(getattr(args, name)) < 1:
+            raise ValueError(f"--{name} values must be >= 1, got {getattr(args, name)}")
+    if args.batch < 1 or args.channels < 1 or args.repeats < 1:
+        raise ValueError("--batch, --channels and --repeats must be >= 1")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    backends = (["numba"] if device.type == "cpu" and numba_available() else []) + ["torch"]
+    rows = run(args.sizes, args.q, args.boundaries, args.batch, args.channels, args.repeats, device, backends)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"device={device} threads={torch.get_num_threads()} B={args.batch} C={args.channels} "
+              f"fwd+bwd median of {args.repeats} ms")
+        print(format_table(rows, backends))
+    return 0
