@@ -12,6 +12,7 @@ lives here, so every recipe gets the same flags and the same behaviour:
   (with ``trainer_state.json``), and resume from such a folder.
 - :func:`load_best_weights` — put the best-val weights back into the model.
 - :func:`write_seed_table` — Table-2-style ``mean ± std`` over seeds (markdown + JSON).
+- :func:`seeded_split`, :func:`load_hf_dataset` — data plumbing every recipe needs.
 
 Run layout: ``<output_dir>/seed_<s>/{checkpoints,best,final}`` per seed, and
 ``<output_dir>/results.{md,json}`` across seeds.
@@ -287,6 +288,37 @@ def load_best_weights(accelerator: Accelerator, model: nn.Module, run_dir: Path)
     if not path.is_file():
         raise FileNotFoundError(f"no best-val weights at {path}: was fit() run for this run_dir?")
     accelerator.unwrap_model(model).load_state_dict(load_file(str(path)))
+
+
+def seeded_split(n: int, proportions: Mapping[str, float], seed: int) -> dict[str, list[int]]:
+    """Cut a seeded permutation of ``range(n)`` into consecutive parts in ``proportions``
+    (``round`` for every part but the last, which takes the rest); every part must be non-empty."""
+    total = sum(proportions.values())
+    names = list(proportions)
+    sizes = [round(n * proportions[name] / total) for name in names[:-1]]
+    sizes.append(n - sum(sizes))
+    if min(sizes) < 1:
+        raise ValueError(f"{n} samples are too few for a {'/'.join(names)} split in the proportions "
+                         f"{tuple(proportions.values())}: parts would have {sizes} samples")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    bounds = np.cumsum([0, *sizes]).tolist()
+    return {name: order[bounds[i]:bounds[i + 1]] for i, name in enumerate(names)}
+
+
+def load_hf_dataset(name: str) -> dict[str, Any]:
+    """``{split: datasets.Dataset}`` from a Hub name, a ``save_to_disk`` folder or a ``.parquet`` file."""
+    import datasets
+
+    path = Path(name)
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
+        loaded = datasets.load_from_disk(str(path))
+    elif path.suffix == ".parquet":
+        if not path.is_file():
+            raise ValueError(f"--hf-dataset {name!r}: no such parquet file")
+        loaded = datasets.load_dataset("parquet", data_files=str(path))
+    else:
+        loaded = datasets.load_dataset(name)
+    return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:

@@ -116,14 +116,7 @@ def find_isic_pairs(root: Path) -> list[tuple[Path, Path]]:
 def split_indices(n: int, seed: int = SPLIT_SEED) -> dict[str, list[int]]:
     """The fixed train/val/test split: a seeded permutation of ``range(n)`` cut in the ISIC
     proportions 1815:259:520 (exactly those counts for the 2594 ISIC 2018 training images)."""
-    total = sum(ISIC_SPLIT.values())
-    n_train, n_val = round(n * ISIC_SPLIT["train"] / total), round(n * ISIC_SPLIT["val"] / total)
-    if min(n_train, n_val, n - n_train - n_val) < 1:
-        raise ValueError(f"{n} samples are too few for a train/val/test split in the proportions "
-                         f"{tuple(ISIC_SPLIT.values())}; need at least 8")
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    return {"train": order[:n_train], "val": order[n_train:n_train + n_val],
-            "test": order[n_train + n_val:]}
+    return common.seeded_split(n, ISIC_SPLIT, seed)
 
 
 class FolderSource:
@@ -199,18 +192,7 @@ class LesionDataset(Dataset):
 def load_hf_splits(name: str, image_column: str, mask_column: str) -> dict[str, HFSource]:
     """Train/val/test sources from ``--hf-dataset``: its own ``train``/``validation``/``test``
     splits when it has all three, else one split cut by :func:`split_indices`."""
-    import datasets
-
-    path = Path(name)
-    if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
-        loaded = datasets.load_from_disk(str(path))
-    elif path.suffix == ".parquet":
-        if not path.is_file():
-            raise ValueError(f"--hf-dataset {name!r}: no such parquet file")
-        loaded = datasets.load_dataset("parquet", data_files=str(path))
-    else:
-        loaded = datasets.load_dataset(name)
-    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    splits = common.load_hf_dataset(name)
     for split_name, split in splits.items():
         missing = [c for c in (image_column, mask_column) if c not in split.column_names]
         if missing:

@@ -1,0 +1,265 @@
+"""recipes/isic.py: smoke run end to end, resume, two gloo processes, data loading, bad input."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image
+from safetensors.torch import load_file
+
+import isic
+from arma_plugin import from_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_TEST_SIZE = 5  # of the 24 smoke images: split_indices(24) -> 17 / 2 / 5
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator; leave no global state to other tests."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.use_deterministic_algorithms(False)
+
+
+def run(output_dir: Path, *extra: str) -> dict:
+    return isic.main(["--smoke", "--deterministic", "--output-dir", str(output_dir), *extra])
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("isic_smoke")
+    results = run(output_dir, "--epochs", "2")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.use_deterministic_algorithms(False)
+    return output_dir, results
+
+
+def test_smoke_run_writes_metrics_checkpoints_and_card(smoke_run):
+    output_dir, results = smoke_run
+    run_dir = output_dir / "seed_0"
+    record = json.loads((run_dir / "test_metrics.json").read_text())
+    assert record["n_images"] == record["test_size"] == SMOKE_TEST_SIZE
+    assert record["JS"] == pytest.approx(results[0]["JS"])
+    table = json.loads((output_dir / "results.json").read_text())
+    assert table["arma-unet"]["metrics"]["JS"]["per_seed"] == [record["JS"]]
+    assert "± " in (output_dir / "results.md").read_text()
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["epoch_0001", "epoch_0002"]
+    card = (run_dir / "final" / "README.md").read_text()
+    assert f"| JS | {record['JS']:.4f} |" in card and "synthetic smoke data" in card
+
+
+def test_final_checkpoint_loads_with_from_pretrained_and_is_the_best_val_model(smoke_run):
+    output_dir, _ = smoke_run
+    run_dir = output_dir / "seed_0"
+    model = from_pretrained(run_dir / "final")
+    best = load_file(str(run_dir / "best" / "model.safetensors"))
+    state = model.state_dict()
+    assert best.keys() == state.keys()
+    for name, tensor in best.items():
+        assert torch.equal(state[name], tensor), name
+    assert any(name.endswith("ar.alpha") for name in state)  # it is an ARMA model
+
+
+def test_resume_after_epoch_one_matches_uninterrupted_run(smoke_run, tmp_path):
+    output_dir, _ = smoke_run
+    run(tmp_path, "--epochs", "1")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run(tmp_path, "--epochs", "2", "--resume-from-checkpoint")
+    for name in ("best", "checkpoints/epoch_0002"):
+        resumed = load_file(str(tmp_path / "seed_0" / name / "model.safetensors"))
+        uninterrupted = load_file(str(output_dir / "seed_0" / name / "model.safetensors"))
+        for key, tensor in uninterrupted.items():
+            # deterministic CPU kernels, same batches and RNG state: bit-identical
+            assert torch.equal(resumed[key], tensor), (name, key)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_launch_counts_every_test_image_once(tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()),
+               str(REPO / "recipes" / "isic.py"), "--smoke", "--epochs", "1", "--output-dir", str(tmp_path)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "seed_0" / "test_metrics.json").read_text())
+    assert record["num_processes"] == 2
+    # 5 test images over 2 ranks: padded to 6 by the sampler, de-duplicated by gather_for_metrics
+    assert record["n_images"] == record["test_size"] == SMOKE_TEST_SIZE
+    assert record["ranks_agree"] is True
+
+
+def test_split_is_the_documented_isic_split():
+    split = isic.split_indices(2594)
+    assert {k: len(v) for k, v in split.items()} == {"train": 1815, "val": 259, "test": 520}
+    assert sorted(sum(split.values(), [])) == list(range(2594))
+    assert split == isic.split_indices(2594)
+
+
+@pytest.mark.parametrize("n", [5, 0])
+def test_split_refuses_too_few_samples(n):
+    with pytest.raises(ValueError, match="too few"):
+        isic.split_indices(n)
+
+
+def test_augmentation_keeps_masks_binary_and_aligned(tmp_path):
+    isic.write_synthetic_isic(tmp_path, 1)
+    (image_path, mask_path), = isic.find_isic_pairs(tmp_path)
+    # an image that *is* its mask: after any flip/rotation both must still coincide
+    mask = np.asarray(Image.open(mask_path))
+    Image.fromarray(np.stack([mask] * 3, -1)).save(image_path, quality=100)
+    dataset = isic.LesionDataset(isic.FolderSource([(image_path, mask_path)], 32), [0], 32, augment=True)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        image, mask_t = dataset[0]
+        assert set(mask_t.unique().tolist()) <= {0.0, 1.0}
+        # JPEG + bilinear resize blur the edge: compare away from it, where the image is flat
+        agree = ((image[0] > 0.5) == mask_t[0].bool()).float().mean()
+        assert agree > 0.9
+        seen.add(tuple(mask_t.flatten().nonzero()[:3].flatten().tolist()))
+    assert len(seen) > 1  # augmentation did change the mask
+
+
+def test_synthetic_images_have_lesions_and_skin(tmp_path):
+    isic.write_synthetic_isic(tmp_path, 6)
+    for _, mask_path in isic.find_isic_pairs(tmp_path):
+        lesion = (np.asarray(Image.open(mask_path)) > 0).mean()
+        assert 0.02 < lesion < 0.6, mask_path.name
+
+
+def _save_hf_dataset(tmp_path: Path, n: int, form: str, mask_size=(40, 48)):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    rows = {"image": [Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)) for _ in range(n)],
+            "mask": [Image.fromarray((rng.random(mask_size[::-1]) > 0.5).astype(np.uint8) * 255) for _ in range(n)]}
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    dataset = datasets.Dataset.from_dict(rows, features=features)
+    if form == "save_to_disk":
+        dataset.save_to_disk(str(tmp_path / "ds"))
+        return str(tmp_path / "ds")
+    dataset.to_parquet(str(tmp_path / "ds.parquet"))
+    return str(tmp_path / "ds.parquet")
+
+
+@pytest.mark.parametrize("form", ["save_to_disk", "parquet"])
+def test_hf_dataset_is_split_and_loaded(tmp_path, form):
+    name = _save_hf_dataset(tmp_path, 12, form)
+    args = isic.parse_args(["--hf-dataset", name, "--image-size", "32", "--encoder", "resnet18"])
+    datasets = isic.build_datasets(args)
+    assert {k: len(v) for k, v in datasets.items()} == {k: len(v) for k, v in isic.split_indices(12).items()}
+    image, mask = datasets["test"][0]
+    assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_hf_dataset_mask_size_mismatch_is_reported(tmp_path):
+    name = _save_hf_dataset(tmp_path, 8, "parquet", mask_size=(41, 48))
+    args = isic.parse_args(["--hf-dataset", name, "--image-size", "32", "--encoder", "resnet18"])
+    with pytest.raises(ValueError, match="mask size"):
+        isic.build_datasets(args)["train"][0]
+
+
+def test_hf_dataset_unknown_column_is_reported(tmp_path):
+    name = _save_hf_dataset(tmp_path, 8, "parquet")
+    args = isic.parse_args(["--hf-dataset", name, "--mask-column", "label", "--encoder", "resnet18"])
+    with pytest.raises(ValueError, match="no column"):
+        isic.build_datasets(args)
+
+
+def _break_missing(root):
+    return root / "nowhere"
+
+
+def _break_empty(root):
+    for path in (root / isic.IMAGE_DIR).glob("*.jpg"):
+        path.unlink()
+    return root
+
+
+def _break_image_without_mask(root):
+    for path in sorted((root / isic.MASK_DIR).glob("*.png"))[:2]:
+        path.unlink()
+    return root
+
+
+def _break_mask_size(root):
+    mask_path = sorted((root / isic.MASK_DIR).glob("*.png"))[0]
+    Image.open(mask_path).resize((10, 10)).save(mask_path)
+    return root
+
+
+def _break_layout(root):
+    (root / isic.MASK_DIR).rename(root / "masks")
+    return root
+
+
+@pytest.mark.parametrize("breaker, match", [
+    (_break_missing, "does not exist"),
+    (_break_empty, "no .jpg images"),
+    (_break_image_without_mask, r"2 image\(s\) .* have no .*ISIC_0000000.jpg"),
+    (_break_mask_size, r"differ in size .*ISIC_0000000.jpg"),
+    (_break_layout, "has no ISIC2018_Task1_Training_GroundTruth/"),
+])
+def test_bad_data_folder_fails_before_training(tmp_path, breaker, match):
+    root = breaker(isic.write_synthetic_isic(tmp_path / "data", 8))
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        isic.main(["--data-dir", str(root), "--output-dir", str(output_dir), "--encoder", "resnet18"])
+    assert not (output_dir / "seed_0").exists()
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--arch", "Vnet"], "not an SMP architecture"),
+    (["--encoder", "resnet-nope"], "neither an SMP encoder"),
+    (["--encoder", "tu-not_a_timm_model"], "neither an SMP encoder"),
+    (["--image-size", "40"], "multiple of 32"),
+    (["--ar-kernel-size", "4"], "ar_kernel_size"),
+    (["--epochs", "0"], "--epochs"),
+])
+def test_bad_model_flags_fail_before_training(tmp_path, flags, match):
+    with pytest.raises(ValueError, match=match):
+        isic.parse_args(["--smoke", "--output-dir", str(tmp_path), *flags])
+
+
+def test_unknown_model_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        isic.parse_args(["--smoke", "--model", "arma-vnet"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_unknown_nonlocal_module_is_reported(tmp_path):
+    args = isic.parse_args(["--smoke", "--model", "nl-arma-unet", "--nonlocal-after", "decoder.nope",
+                            "--output-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="decoder.nope"):
+        isic.build_model(args)
+
+
+@pytest.mark.parametrize("model", isic.MODELS)
+def test_model_variants(model, tmp_path):
+    args = isic.parse_args(["--smoke", "--model", model, "--output-dir", str(tmp_path)])
+    built = isic.build_model(args)
+    names = [name for name, _ in built.named_modules()]
+    assert any(n.endswith(".ar") for n in names) == ("arma" in model)
+    assert any(type(m).__name__ == "NonLocal2d" for m in built.modules()) == model.startswith("nl-")
+    assert built(torch.randn(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_paper_preset_is_the_table_2_size():
+    args = isic.parse_args(["--preset", "paper", "--model", "unet", "--data-dir", "unused"])
+    assert (args.encoder, args.image_size, args.lr) == ("mobilenet_v2", 224, 1e-3)
+    count = isic.count_parameters(isic.build_model(args))
+    assert abs(count - 3.453e6) / 3.453e6 < 0.01  # Table 2: U-Net 3.453M; within 1%
