@@ -108,7 +108,7 @@ def plot_erf_comparison(erfs: Mapping[str, torch.Tensor], path: str | Path) -> d
     """
     if not erfs:
         raise ValueError("erfs is empty: give at least one ERF map")
-    fig = _new_figure(3.2 * len(erfs) + 0.4, 3.6)
+    fig = _new_figure(3.2 * len(erfs) + 0.4, 4.0)
     axes = fig.subplots(1, len(erfs), squeeze=False)[0]
     radii = {}
     for ax, (label, erf) in zip(axes, erfs.items()):
