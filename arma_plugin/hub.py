@@ -138,7 +138,10 @@ class BaseSpec:
         model_args = data.get("model_args", {})
         if not isinstance(model_args, Mapping):
             raise CorruptCheckpointError(path, f"'base.model_args' must be an object, got {model_args!r}")
-        return cls(data["library"], data["architecture"], dict(model_args), data.get("pretrained_cfg"))
+        pretrained_cfg = data.get("pretrained_cfg")
+        if pretrained_cfg is not None and not isinstance(pretrained_cfg, Mapping):
+            raise CorruptCheckpointError(path, f"'base.pretrained_cfg' must be an object, got {pretrained_cfg!r}")
+        return cls(data["library"], data["architecture"], dict(model_args), pretrained_cfg)
 
 
 # --------------------------------------------------------------------------- saving
