@@ -600,6 +600,10 @@ def _load_weights(model: nn.Module, weights_path: str, spec: BaseSpec,
                                       f"rebuilt from {CONFIG_NAME}: " + "; ".join(mismatched[:5]) + hint)
     missing = [k for k in expected if k not in tensors and not any(a in tensors for a in aliases[k])]
     unexpected = [k for k in tensors if k not in expected]
+    if fresh_head:  # a head that appears or disappears (timm num_classes=0) is re-headed too
+        reheaded += [k for k in missing + unexpected if k.startswith(fresh_head)]
+        missing = [k for k in missing if not k.startswith(fresh_head)]
+        unexpected = [k for k in unexpected if not k.startswith(fresh_head)]
     if strict and (missing or unexpected):
         raise CheckpointMismatchError(weights_path, f"keys do not match the model rebuilt from "
                                       f"{CONFIG_NAME}: missing {missing[:5]} ({len(missing)}), "

@@ -137,16 +137,17 @@ def test_timm_pretrained_cfg_and_args_survive(tmp_path):
     assert tuple(loaded.pretrained_cfg["mean"]) == tuple(model.pretrained_cfg["mean"])
 
 
-@pytest.mark.parametrize("name, head_arg, out_dim", [("timm-test_resnet", "num_classes", -1),
-                                                     ("smp-unet", "classes", 1)])
-def test_head_override_reheads_and_keeps_the_rest(name, head_arg, out_dim, tmp_path):
+@pytest.mark.parametrize("name, head_arg, size, out_dim", [("timm-test_resnet", "num_classes", 7, -1),
+                                                           ("timm-test_resnet", "num_classes", 0, -1),
+                                                           ("smp-unet", "classes", 7, 1)])
+def test_head_override_reheads_and_keeps_the_rest(name, head_arg, size, out_dim, tmp_path):
     model, save_kwargs, x = trained_arma(name)
     directory = save_pretrained(model, tmp_path / name, **save_kwargs)
 
-    loaded = from_pretrained(directory, **{head_arg: 7})
+    loaded = from_pretrained(directory, **{head_arg: size})
 
-    with torch.no_grad():
-        assert loaded(x).shape[out_dim] == 7
+    with torch.no_grad():  # timm's num_classes=0 drops the classifier: the output is the features
+        assert loaded(x).shape[out_dim] == (size or loaded.num_features)
     head = "fc." if name.startswith("timm") else "segmentation_head."
     saved = model.state_dict()
     kept = {k: v for k, v in loaded.state_dict().items() if not k.startswith(head)}
