@@ -114,15 +114,14 @@ class ConvLSTMNet(nn.Module):
         prediction = self.head(x)
         return (torch.sigmoid(prediction) if self.output_sigmoid else prediction), states
 
-    def forward(self, inputs: torch.Tensor, future_frames: int = 10, *, output_frames: int | None = None,
-                targets: torch.Tensor | None = None, teacher_forcing_ratio: float = 0.0) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, future_frames: int = 10,
+                output_frames: int | None = None) -> torch.Tensor:
         """Predict ``future_frames`` frames after ``inputs`` ``[B, T_in, C, H, W]``.
 
-        Returns the last ``output_frames`` (default ``future_frames``; at most
-        ``T_in - 1 + future_frames``) one-step predictions ``[B, output_frames, C, H, W]``.
-        While forecasting, each step's input is the previous prediction, or, with probability
-        ``teacher_forcing_ratio`` per sample and step, the ground truth from ``targets``
-        ``[B, future_frames, C, H, W]`` (scheduled sampling, training only).
+        While forecasting, each step's input is the previous prediction. Returns the last
+        ``output_frames`` one-step predictions ``[B, output_frames, C, H, W]``: by default the
+        ``future_frames`` forecasts; up to ``T_in - 1 + future_frames`` to include the
+        next-frame predictions made while reading the inputs (the paper trains on all 19).
         """
         if inputs.dim() != 5:
             raise ValueError(f"inputs must be [B, T_in, C, H, W], got shape {tuple(inputs.shape)}")
@@ -131,20 +130,9 @@ class ConvLSTMNet(nn.Module):
         if future_frames < 1 or not 1 <= output_frames <= total:
             raise ValueError(f"need future_frames >= 1 and 1 <= output_frames <= T_in - 1 + future_frames "
                              f"= {total}, got future_frames={future_frames}, output_frames={output_frames}")
-        if not 0.0 <= teacher_forcing_ratio <= 1.0:
-            raise ValueError(f"teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
-        if teacher_forcing_ratio > 0 and (targets is None or targets.shape[1] < future_frames - 1):
-            raise ValueError("teacher_forcing_ratio > 0 needs targets [B, future_frames, C, H, W]")
-        predictions, states, frame = [], None, inputs[:, 0]
+        predictions, states = [], None
         for t in range(total):
-            if t < inputs.shape[1]:
-                frame = inputs[:, t]
-            elif teacher_forcing_ratio > 0:
-                truth = targets[:, t - inputs.shape[1]]
-                use_truth = torch.rand(truth.shape[0], 1, 1, 1, device=truth.device) < teacher_forcing_ratio
-                frame = torch.where(use_truth, truth, predictions[-1])
-            else:
-                frame = predictions[-1]
+            frame = inputs[:, t] if t < inputs.shape[1] else predictions[-1]
             prediction, states = self.step(frame, states)
             predictions.append(prediction)
         return torch.stack(predictions[-output_frames:], dim=1)
