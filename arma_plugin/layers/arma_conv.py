@@ -13,8 +13,12 @@ from .autoregressive import AutoRegressive2d
 class ARMAConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose output goes through an :class:`AutoRegressive2d` child ``ar``.
 
-    The conv's ``weight``/``bias`` keep their state-dict keys; the AR parameter is
-    ``ar.alpha`` (zero at init, so the layer starts as the plain convolution).
+    ``Y = A^{-1}(W * X)`` (Def. 1): the conv is the moving-average part, ``ar`` solves the
+    autoregressive part per output channel. The conv's ``weight``/``bias`` keep their
+    state-dict keys; the AR parameter is ``ar.alpha`` (zero at init, so the layer starts
+    as the plain convolution, exactly). ``ar_kernel_size``, ``boundary``, ``reparam`` and
+    ``ar_dilation`` are :class:`AutoRegressive2d`'s ``ar_kernel_size``, ``boundary``,
+    ``reparam`` and ``dilation``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -29,7 +33,13 @@ class ARMAConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **ar_kwargs) -> "ARMAConv2d":
-        """Build an ARMA layer that shares nothing with, but equals, ``conv`` at init."""
+        """Build an ARMA layer that shares nothing with, but equals, ``conv`` at init.
+
+        Copies the conv's hyper-parameters, weights, device, dtype and train/eval mode;
+        ``ar_kwargs`` go to :class:`ARMAConv2d` (``ar_kernel_size``, ``boundary``, ...).
+        A ``Conv2d`` subclass with its own ``forward`` is rebuilt as a plain
+        ``ARMAConv2d``; to keep such a forward, put an :class:`AutoRegressive2d` after it.
+        """
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                   conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                   device=conv.weight.device, dtype=conv.weight.dtype, **ar_kwargs)
