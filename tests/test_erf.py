@@ -215,3 +215,21 @@ def test_ar_layer_summaries_of_an_armafied_model():
     assert first.radius_w == pytest.approx(theoretical_radius(1, 5, 2, 0.0), rel=1e-8)
     assert (first.mean_abs_tap, first.max_abs_tap) == pytest.approx((0.2, 0.8))  # one tap of four is 0.8
     assert second.radius_h == second.radius_w == pytest.approx(theoretical_radius(1, 3), rel=1e-8)
+
+
+@pytest.mark.slow
+def test_finetuning_an_armafied_cnn_widens_its_erf():
+    """scripts/erf_finetune.py: on a wide-blur task the AR taps learn a wider ERF than the CNN's 7x7."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "erf_finetune.py"
+    spec = importlib.util.spec_from_file_location("erf_finetune", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base, control, arma = script.training_function(argparse.Namespace(steps=300, lr=3e-3, seed=0, out=None))
+    # measured (seed 0): radius about the mean 2.6 -> 5.0 and test MSE 0.56 -> 0.21; the margins
+    # below leave room for other seeds and solver rounding, not for "no effect"
+    assert arma["radius_mean"] > 1.5 * control["radius_mean"]
+    assert arma["test_mse"] < 0.6 * control["test_mse"]
