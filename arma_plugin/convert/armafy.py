@@ -376,9 +376,14 @@ def _nonlocal_channels(model: nn.Module, names: Sequence[str], example_inputs: A
     inputs = example_inputs if example_inputs is not None else _default_example_inputs(model)
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, a, out, n=n: shapes.setdefault(n, tuple(out.shape) if torch.is_tensor(out) else None))
-        for n in names]
+
+    def record_shape(name: str):
+        # A forward hook that returns a value replaces the module's output: return None.
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            shapes.setdefault(name, tuple(out.shape) if torch.is_tensor(out) else None)
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(record_shape(n)) for n in names]
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
