@@ -267,7 +267,7 @@ def test_compile_smoke():
     with torch.no_grad():
         layer.alpha.normal_()
     x = torch.randn(1, 3, 6, 7, requires_grad=True)
-    compiled = torch.compile(layer, backend="eager")
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)  # the custom op: no graph break
     y = compiled(x)
     assert torch.equal(y, layer(x))  # same custom op under the compiled graph
     y.sum().backward()
