@@ -100,7 +100,7 @@ def load_digits(source: str = "sklearn", *, split: str = "train", digit_size: in
             raise RuntimeError(f"could not load MNIST through `datasets` ({err}); use --digits-path "
                                f"with a local copy, or --digits sklearn (offline)") from err
         images = np.stack([np.asarray(image) for image in table["image"]])
-    images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    images = torch.tensor(np.asarray(images), dtype=torch.float32)
     if images.dim() != 3 or len(images) == 0:
         raise ValueError(f"digit images must be a non-empty [N, H, W] array, got shape {tuple(images.shape)}")
     if images.max() > 1.0:
