@@ -53,13 +53,13 @@ MAX_RETRACES = 16
 class ARMATracer(fx.Tracer):
     """fx tracer with conv, timm and arma-plugin leaves; counts leaf-module calls by name.
 
-    ``extra_leaves`` are module names to keep opaque; ``failed_in`` is set to the innermost
-    module whose forward raised during the last trace.
+    ``extra_leaves`` are module names, ``extra_leaf_types`` module classes to keep opaque;
+    ``failed_in`` is set to the innermost module whose forward raised during the last trace.
     """
 
-    def __init__(self, extra_leaves: Iterable[str] = ()) -> None:
+    def __init__(self, extra_leaves: Iterable[str] = (), extra_leaf_types: Iterable[type] = ()) -> None:
         super().__init__(autowrap_functions=tuple(get_notrace_functions()))
-        self.leaf_types = CONV_LIKE + OWN_LEAVES + tuple(get_notrace_modules())
+        self.leaf_types = CONV_LIKE + OWN_LEAVES + tuple(get_notrace_modules()) + tuple(extra_leaf_types)
         self.extra_leaves = set(extra_leaves)
         self.leaf_calls: Counter[str] = Counter()
         self.failed_in: str | None = None
@@ -133,16 +133,24 @@ def _message(err: Exception) -> str:
 
 def trace_model(model: nn.Module) -> TraceResult:
     """Trace ``model``, making untraceable submodules leaves; on failure in the root's own
-    forward return the error instead of raising (armafy then walks modules)."""
+    forward return the error instead of raising (armafy then walks modules).
+
+    An untraceable module without convs inside (a norm layer with a shape check, ...) makes its
+    whole class a leaf, so its many instances cost one retrace, not one each.
+    """
     untraceable: dict[str, str] = {}
+    conv_free_types: set[type] = set()
     for _ in range(MAX_RETRACES):
-        tracer = ARMATracer(untraceable)
+        tracer = ARMATracer(untraceable, conv_free_types)
         try:
             with _without_input_shape_checks(model):
                 graph = tracer.trace(model)
         except Exception as err:  # any failure means "not traceable here": narrow it down or report it
             if not tracer.failed_in or tracer.failed_in in untraceable:
                 return TraceResult(None, _message(err), untraceable=untraceable)
+            failed = model.get_submodule(tracer.failed_in)
+            if not any(isinstance(m, CONV_LIKE) for m in failed.modules()):
+                conv_free_types.add(type(failed))
             untraceable[tracer.failed_in] = _message(err)
             continue
         used = {n.target for n in graph.nodes if n.op == "get_attr"}
