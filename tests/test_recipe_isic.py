@@ -263,3 +263,28 @@ def test_paper_preset_is_the_table_2_size():
     assert (args.encoder, args.image_size, args.lr) == ("mobilenet_v2", 224, 1e-3)
     count = isic.count_parameters(isic.build_model(args))
     assert abs(count - 3.453e6) / 3.453e6 < 0.01  # Table 2: U-Net 3.453M; within 1%
+
+
+def test_seed_table_is_mean_and_sample_std(tmp_path):
+    import common
+
+    rows = {"arma-unet": {0: {"JS": 0.7}, 1: {"JS": 0.8}, 2: {"JS": 0.9}}}
+    md, js = common.write_seed_table(rows, ["JS"], tmp_path / "results", extra_columns={"arma-unet": {"params": "3.45M"}})
+    # values chosen so that mean = 0.8 and the ddof=1 std = 0.1 exactly (ddof=0 would be 0.0816)
+    assert "| arma-unet | 3.45M | 0.800 ± 0.100 |" in md.read_text()
+    stats = json.loads(js.read_text())["arma-unet"]["metrics"]["JS"]
+    assert stats["per_seed"] == [0.7, 0.8, 0.9]
+    assert stats["std"] == pytest.approx(0.1, abs=1e-12)  # float64 rounding only
+
+
+def test_latest_checkpoint_skips_interrupted_saves(tmp_path):
+    import common
+
+    for epoch, complete in [(1, True), (2, True), (3, False)]:
+        folder = tmp_path / "checkpoints" / f"epoch_{epoch:04d}"
+        folder.mkdir(parents=True)
+        if complete:
+            common.TrainerState(epoch=epoch).save(folder / common.TRAINER_STATE_NAME)
+    assert common.resolve_resume("latest", tmp_path).name == "epoch_0002"
+    assert common.resolve_resume("latest", tmp_path / "fresh") is None
+    assert common.resolve_resume(None, tmp_path) is None
