@@ -159,12 +159,14 @@ def predict_and_score(accelerator, model, loader, args) -> tuple[torch.Tensor, t
 
 
 def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Train ``config["model"]`` at ``config["speed"]`` with ``config["seed"]``; returns its test scores."""
+    """Train ``config["model"]`` at ``config["speed"]`` with ``config["seed"]``; returns its test scores.
+
+    ``config["accelerator"]`` is shared by all runs of one invocation (one process group, one
+    set of trackers); each run releases what it prepared, so a checkpoint holds only its own model.
+    """
     name, speed, seed, run_dir = config["model"], config["speed"], config["seed"], config["run_dir"]
+    accelerator = config["accelerator"]
     seed_everything(seed, deterministic=args.deterministic)
-    accelerator = make_accelerator(args)
-    if args.report_to != "none":
-        accelerator.init_trackers("moving_mnist", config=tracker_config(args))
     model = build_model(args, name)
     train, val, test = make_datasets(args, speed, seed)
     loaders = [DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, num_workers=args.num_workers)
@@ -189,9 +191,9 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
         checkpoints_total_limit=args.checkpoints_total_limit, log_prefix=prefix)
     load_best_weights(accelerator, model, run_dir)
     psnr, ssim, predictions = predict_and_score(accelerator, model, test_loader, args)
-    accelerator.end_training()
-    return {"scores": summarize_video_metrics(psnr, ssim), "example": predictions[0],
-            "params": count_parameters(accelerator.unwrap_model(model))}
+    params = count_parameters(accelerator.unwrap_model(model))
+    accelerator.free_memory()
+    return {"scores": summarize_video_metrics(psnr, ssim), "example": predictions[0], "params": params}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -286,12 +288,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     curves: dict[str, dict[str, dict[str, list]]] = {m: {} for m in args.models}
     params: dict[str, int] = {}
     examples: dict[int, dict[str, torch.Tensor]] = {}
+    accelerator = make_accelerator(args)
+    if args.report_to != "none":
+        accelerator.init_trackers("moving_mnist", config=tracker_config(args))
     start = time.perf_counter()
-    bar = tqdm(runs, desc="trainings", unit="run")
+    bar = tqdm(runs, desc="trainings", unit="run", disable=not accelerator.is_main_process)
     for name, speed, seed in bar:
         bar.set_postfix(model=name, speed=f"{speed}x", seed=seed)
         run_dir = args.output_dir / name / f"speed{speed}" / f"seed_{seed}"
-        out = training_function({"model": name, "speed": speed, "seed": seed, "run_dir": run_dir}, args)
+        out = training_function({"model": name, "speed": speed, "seed": seed, "run_dir": run_dir,
+                                 "accelerator": accelerator}, args)
         params[name] = out["params"]
         rows[name].setdefault(seed, {}).update({f"psnr@{speed}x": out["scores"]["psnr"],
                                                 f"ssim@{speed}x": out["scores"]["ssim"]})
@@ -300,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if seed == seeds[0]:
             examples.setdefault(speed, {})[name] = out["example"]
     elapsed = time.perf_counter() - start
+    accelerator.end_training()
+    if not accelerator.is_main_process:  # one process writes the table, strips and checkpoints
+        return {}
 
     extra = {m: {"params": f"{params[m] / 1e6:.3f}M"} for m in args.models}
     md_path, json_path = write_seed_table(rows, table_columns(args.speeds), args.output_dir / "results",

@@ -28,8 +28,8 @@ def test_armafy_adds_the_paper_ar_parameters():
     assert n_params(arma) - n_params(net) == 12 * 128 * 4 == report.ar_params_added
 
 
-@pytest.mark.parametrize("kernel_size, dilation", [(3, 1), (5, 1), (3, 2)])
-@pytest.mark.parametrize("boundary", ["circular", "zeros"])
+@pytest.mark.parametrize("kernel_size, dilation, boundary", [(3, 1, "circular"), (5, 1, "zeros"),
+                                                             (3, 2, "circular"), (3, 2, "zeros")])
 def test_armafy_converts_every_gate_conv_and_is_identity_at_init(kernel_size, dilation, boundary):
     torch.manual_seed(0)
     net = ConvLSTMNet(kernel_size=kernel_size, dilation=dilation, **SMALL)
