@@ -1,7 +1,10 @@
 """The AR solve as a PyTorch custom op with a Thm 4 backward.
 
 ``torch.ops.arma_plugin.ar_solve(x, taps, boundary, dilation, backend)`` computes
-``Y = A^{-1} X``; its registered autograd saves only ``Y`` and the taps. Being a
+``Y = A^{-1} X``; its registered autograd saves only ``X`` and the taps and re-solves
+for ``Y`` in backward. Saving ``X`` rather than ``Y`` costs one extra forward solve but
+lets the caller overwrite ``Y`` in place: timm and SMP put ``ReLU(inplace=True)`` right
+after convolutions, and inside ``ARMAConv2d`` nothing else holds ``X``. Being a
 ``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
 ``torch.jit.trace`` and ``torch.fx``. Backends: ``"numba"`` (fast CPU kernels, stable
 taps only) and ``"torch"`` (portable, any device, any non-singular taps).
@@ -81,13 +84,14 @@ def _(grad_y, y, taps, boundary, dilation, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    _, taps, boundary, dilation, backend = inputs
-    ctx.save_for_backward(output, taps)
+    x, taps, boundary, dilation, backend = inputs
+    ctx.save_for_backward(x, taps)
     ctx.solve_args = (boundary, dilation, backend)
 
 
 def _backward(ctx, grad_y):
-    y, taps = ctx.saved_tensors
+    x, taps = ctx.saved_tensors
+    y = ar_solve(x, taps, *ctx.solve_args)
     grad_x, grad_taps = ar_solve_backward(grad_y, y, taps, *ctx.solve_args)
     return grad_x, grad_taps, None, None, None
 
