@@ -397,3 +397,11 @@ def test_full_smp_sweep() -> None:
     bad = [(r["arch"], r["encoder"]) for r in rows if r["status"] == "error"
            or (r["status"] == "ok" and r["identity_error"] > IDENTITY_TOL)]
     assert bad == [] and {r["arch"] for r in rows if r["status"] == "ok"} == set(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+def test_weights_tied_between_converted_convs_stay_tied() -> None:
+    shared = nn.Conv2d(3, 3, 3, padding=1)
+    other = nn.Conv2d(3, 3, 3, padding=1)
+    other.weight = shared.weight
+    arma = armafy(nn.Sequential(shared, other))
+    assert arma[0].weight is arma[1].weight

@@ -245,6 +245,8 @@ def _convert_modules(model: nn.Module, convs: dict[str, nn.Module], config: ARMA
     for conv in convs.values():
         if type(conv) is nn.Conv2d:
             new = ARMAConv2d.from_conv(conv, **_ar_kwargs(conv, config))
+            # Keep the model's own Parameter objects: weights tied between convs stay tied.
+            new.weight, new.bias = conv.weight, conv.bias
             replacements[id(conv)] = new
             added += new.ar.alpha.numel()
         else:
