@@ -14,6 +14,14 @@ from moving_mnist_data import FixedSequences, MovingMNIST, bounce, digit_size_fo
 DIGITS = torch.rand(10, 5, 5)
 
 
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """The quick preset sets torch's thread count (--cpu-threads); give other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(speed=1, frames=12, seed=0, split="train", num_sequences=4):
     return MovingMNIST(DIGITS, num_sequences=num_sequences, frames=frames, frame_size=16, speed=speed,
                        seed=seed, split=split)
@@ -137,6 +145,7 @@ TINY = ["--frame-size", "12", "--hidden-channels", "4", "--layers-per-block", "1
     (["--test-file", "nowhere/mnist_test_seq.npy"], FileNotFoundError, "--test-file"),
     (["--boundary", "reflect"], ValueError, "boundary"),
     (["--digits", "emnist"], ValueError, "--digits"),
+    (["--cpu-threads", "0"], ValueError, "--cpu-threads"),
 ])
 def test_bad_command_lines(argv, error, match, tmp_path):
     with pytest.raises(error, match=match):
