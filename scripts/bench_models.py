@@ -65,10 +65,16 @@ def main() -> None:
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [bench(name, args.warmup, args.repeats) for name in args.models]
+    rows = []
+    for name in args.models:
+        try:
+            rows.append(bench(name, args.warmup, args.repeats))
+        except RuntimeError as err:  # reported in the table, the other models still run
+            rows.append({"model": name, "error": f"{type(err).__name__}: {err}".splitlines()[0][:200]})
     header = ("model", "input", "convs converted", "original fwd+bwd s", "armafied s", "ratio")
     lines = [header] + [(r["model"], "x".join(map(str, r["input"])), str(r["converted"]), f"{r['original_s']:.3f}",
-                         f"{r['armafied_s']:.3f}", f"{r['ratio']:.2f}") for r in rows]
+                         f"{r['armafied_s']:.3f}", f"{r['ratio']:.2f}") if "error" not in r
+                        else (r["model"], "ERROR", r["error"][:100], "", "", "") for r in rows]
     widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}")
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines))
