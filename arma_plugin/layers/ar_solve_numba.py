@@ -13,10 +13,11 @@ W), one transpose, the Q factors along W, one transpose back. A factor is a band
   closed around the cycle exactly (``1/(1 - (-b)^m)`` correction). Cycles of length 1
   and 2 need nothing special.
 
-Backward (Thm 4) runs per plane from ``Y`` and ``dY`` only: transposed solves (left and
-right swapped, factors in reverse order) interleaved with re-applying the forward
-factors to ``Y`` to recover the intermediate states, accumulating the tap gradients
-``-Σ U[i]·Z[i∓d]`` on the way. The caller sums the per-plane tap gradients over batch.
+Backward (Thm 4) runs per plane from ``X`` and ``dY`` only: it re-solves ``Y`` while the
+plane is in cache, then does the transposed solves (left and right swapped, factors in
+reverse order) interleaved with re-applying the forward factors to ``Y`` to recover the
+intermediate states, accumulating the tap gradients ``-Σ U[i]·Z[i∓d]`` on the way. The
+caller sums the per-plane tap gradients over batch.
 Only valid for taps inside the stable region (the dispatcher checks).
 """
 from __future__ import annotations
@@ -168,35 +169,41 @@ def _tap_grads(u, z, d, circular):
     return g_left, g_right
 
 
+@nb.njit(cache=True, nogil=True)
+def _solve_plane_transposed(x_plane, taps_c, d, circular, buf, out_t):
+    """``out_t = (A^{-1} X)^T`` for one plane: H factors in ``buf``, transpose, W factors."""
+    buf[:, :] = x_plane
+    for q in range(taps_c.shape[0]):
+        _solve(buf, taps_c[q, 0], taps_c[q, 1], d, circular)
+    out_t[:, :] = buf.T
+    for q in range(taps_c.shape[0]):
+        _solve(out_t, taps_c[q, 2], taps_c[q, 3], d, circular)
+
+
 @nb.njit(parallel=True, cache=True)
 def _forward_planes(x, taps, d, circular, out):
+    n_planes, h, w = x.shape
+    channels = taps.shape[0]
+    for p in nb.prange(n_planes):
+        t = np.empty((w, h), dtype=x.dtype)
+        _solve_plane_transposed(x[p], taps[p % channels], d, circular, out[p], t)
+        out[p][:, :] = t.T
+
+
+@nb.njit(parallel=True, cache=True)
+def _backward_planes(grad_y, x, taps, d, circular, grad_x, grad_taps):
     n_planes, h, w = x.shape
     channels, q_count, _ = taps.shape
     for p in nb.prange(n_planes):
         c = p % channels
-        plane = out[p]
-        plane[:, :] = x[p]
-        for q in range(q_count):
-            _solve(plane, taps[c, q, 0], taps[c, q, 1], d, circular)
-        t = np.empty((w, h), dtype=x.dtype)
-        t[:, :] = plane.T
-        for q in range(q_count):
-            _solve(t, taps[c, q, 2], taps[c, q, 3], d, circular)
-        plane[:, :] = t.T
-
-
-@nb.njit(parallel=True, cache=True)
-def _backward_planes(grad_y, y, taps, d, circular, grad_x, grad_taps):
-    n_planes, h, w = y.shape
-    channels, q_count, _ = taps.shape
-    for p in nb.prange(n_planes):
-        c = p % channels
+        z = np.empty((h, w), dtype=x.dtype)
+        tmp = np.empty((h, w), dtype=x.dtype)
+        zt = np.empty((w, h), dtype=x.dtype)
+        ut = np.empty((w, h), dtype=x.dtype)
+        tmp_t = np.empty((w, h), dtype=x.dtype)
+        _solve_plane_transposed(x[p], taps[c], d, circular, z, zt)  # Y^T, recomputed in cache
         # W axis on transposed copies: U = dY A_W^{-1}, Z = Y A_W^T at the end.
-        ut = np.empty((w, h), dtype=y.dtype)
-        zt = np.empty((w, h), dtype=y.dtype)
-        tmp_t = np.empty((w, h), dtype=y.dtype)
         ut[:, :] = grad_y[p].T
-        zt[:, :] = y[p].T
         for k in range(q_count - 1, -1, -1):
             left, right = taps[c, k, 2], taps[c, k, 3]
             _solve(ut, right, left, d, circular)
@@ -208,8 +215,6 @@ def _backward_planes(grad_y, y, taps, d, circular, grad_x, grad_taps):
         # H-tap gradients pair the right quantities (<P B, Q> = <P, Q B^T>).
         u = grad_x[p]
         u[:, :] = ut.T
-        z = np.empty((h, w), dtype=y.dtype)
-        tmp = np.empty((h, w), dtype=y.dtype)
         z[:, :] = zt.T
         for k in range(q_count - 1, -1, -1):
             left, right = taps[c, k, 0], taps[c, k, 1]
@@ -238,14 +243,14 @@ def numba_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation:
     return out
 
 
-def numba_ar_solve_backward(grad_y: torch.Tensor, y: torch.Tensor, taps: torch.Tensor, boundary: str,
+def numba_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
                             dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dX, dL/dtaps)`` from ``dL/dY`` and the saved output ``Y`` (see module docstring)."""
+    """``(dL/dX, dL/dtaps)`` from ``dL/dY`` and the saved input ``X`` (see module docstring)."""
     _set_threads()
-    b, c, h, w = y.shape
-    grad_x = torch.empty(y.shape, dtype=y.dtype)
+    b, c, h, w = x.shape
+    grad_x = torch.empty(x.shape, dtype=x.dtype)
     grad_taps = torch.empty(b * c, taps.shape[1], 4, dtype=torch.float64)
-    taps_np = taps.detach().to(y.dtype).contiguous().numpy()
-    _backward_planes(_planes(grad_y.to(y.dtype)), _planes(y), taps_np, dilation, boundary == "circular",
+    taps_np = taps.detach().to(x.dtype).contiguous().numpy()
+    _backward_planes(_planes(grad_y.to(x.dtype)), _planes(x), taps_np, dilation, boundary == "circular",
                      _planes(grad_x), grad_taps.numpy())
     return grad_x, grad_taps.view(b, c, -1, 4).sum(0).to(taps.dtype)

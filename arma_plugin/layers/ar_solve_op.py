@@ -1,10 +1,12 @@
 """The AR solve as a PyTorch custom op with a Thm 4 backward.
 
 ``torch.ops.arma_plugin.ar_solve(x, taps, boundary, dilation, backend)`` computes
-``Y = A^{-1} X``; its registered autograd saves only ``X`` and the taps and re-solves
-for ``Y`` in backward. Saving ``X`` rather than ``Y`` costs one extra forward solve but
-lets the caller overwrite ``Y`` in place: timm and SMP put ``ReLU(inplace=True)`` right
-after convolutions, and inside ``ARMAConv2d`` nothing else holds ``X``. Being a
+``Y = A^{-1} X``; its registered autograd saves only ``X`` and the taps, and the
+backward kernels re-solve for ``Y`` themselves (numba: per plane while it is in cache;
+torch/circular: ``Ŷ = X̂ / D`` in the spectrum it computes anyway). Saving ``X`` rather
+than ``Y`` lets the caller overwrite ``Y`` in place: timm and SMP put
+``ReLU(inplace=True)`` right after convolutions, and inside ``ARMAConv2d`` nothing else
+holds ``X``. Being a
 ``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
 ``torch.jit.trace`` and ``torch.fx``. Backends: ``"numba"`` (fast CPU kernels, stable
 taps only) and ``"torch"`` (portable, any device, any non-singular taps).
@@ -69,18 +71,18 @@ def _(x, taps, boundary, dilation, backend):
 
 
 @torch.library.custom_op("arma_plugin::ar_solve_backward", mutates_args=())
-def ar_solve_backward(grad_y: torch.Tensor, y: torch.Tensor, taps: torch.Tensor, boundary: str,
+def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
                       dilation: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     grad_y = grad_y.contiguous()
     if backend == "numba":
         from .ar_solve_numba import numba_ar_solve_backward
-        return numba_ar_solve_backward(grad_y, y, taps, boundary, dilation)
-    return torch_ar_solve_backward(grad_y, y, taps, boundary, dilation)
+        return numba_ar_solve_backward(grad_y, x, taps, boundary, dilation)
+    return torch_ar_solve_backward(grad_y, x, taps, boundary, dilation)
 
 
 @ar_solve_backward.register_fake
-def _(grad_y, y, taps, boundary, dilation, backend):
-    return torch.empty(y.shape, dtype=y.dtype, device=y.device), torch.empty_like(taps)
+def _(grad_y, x, taps, boundary, dilation, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(taps)
 
 
 def _setup_context(ctx, inputs, output):
@@ -91,8 +93,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y):
     x, taps = ctx.saved_tensors
-    y = ar_solve(x, taps, *ctx.solve_args)
-    grad_x, grad_taps = ar_solve_backward(grad_y, y, taps, *ctx.solve_args)
+    grad_x, grad_taps = ar_solve_backward(grad_y, x, taps, *ctx.solve_args)
     return grad_x, grad_taps, None, None, None
 
 

@@ -5,8 +5,10 @@ the product of all factor spectra (``rfft2`` once, ``irfft2`` once). ``zeros``: 
 operator is separable, ``A = A_H ⊗ A_W`` with ``A_H = F_1…F_Q`` (dense ``[C, n, n]``,
 tridiagonal factors), so ``Y = A_H^{-1} X A_W^{-T}``: one batched matmul per axis.
 
-Backward (Thm 4) from the saved output ``Y`` only: ``dX = A^{-T} dY`` and the tap
-gradients ``dL/dA = -(Y ⋆ dX)`` restricted to the filter's taps, chained to the factors.
+Backward (Thm 4) from the saved input ``X`` only (``Y`` is recomputed; saving ``X`` keeps
+in-place ops on the output, e.g. ``ReLU(inplace=True)``, legal): ``dX = A^{-T} dY`` and
+the tap gradients ``dL/dA = -(Y ⋆ dX)`` restricted to the filter's taps, chained to the
+factors.
 """
 from __future__ import annotations
 
@@ -92,15 +94,17 @@ def _factor_grads(left: torch.Tensor, right: torch.Tensor, grad_composed: torch.
     return torch.stack(grads, dim=1)
 
 
-def _circular_backward(grad_y: torch.Tensor, y: torch.Tensor, taps: torch.Tensor,
+def _circular_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor,
                        dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    h, w = y.shape[-2:]
+    h, w = x.shape[-2:]
     q_count = taps.shape[1]
-    spec_dx = torch.fft.rfft2(grad_y) / _spectrum(taps, h, w, dilation).conj()
+    spectrum = _spectrum(taps, h, w, dilation)
+    spec_dx = torch.fft.rfft2(grad_y) / spectrum.conj()
     grad_x = torch.fft.irfft2(spec_dx, s=(h, w))
     # corr[p, q] = Σ_b Σ_ij dX[i, j] Y[i-p, j-q]  (circular); dL/dA[p, q] = -corr[p, q].
-    corr = torch.fft.irfft2((spec_dx * torch.fft.rfft2(y).conj()).sum(0), s=(h, w))
-    offsets = torch.arange(-q_count, q_count + 1, device=y.device) * dilation
+    spec_y = torch.fft.rfft2(x) / spectrum
+    corr = torch.fft.irfft2((spec_dx * spec_y.conj()).sum(0), s=(h, w))
+    offsets = torch.arange(-q_count, q_count + 1, device=x.device) * dilation
     corr = corr[:, offsets % h][:, :, offsets % w]
     a_h = _poly([(taps[:, q, 0], taps[:, q, 1]) for q in range(q_count)], taps)
     a_w = _poly([(taps[:, q, 2], taps[:, q, 3]) for q in range(q_count)], taps)
@@ -129,13 +133,14 @@ def _chain_product(factors: list[torch.Tensor], grad_product: torch.Tensor) -> l
     return grads
 
 
-def _zeros_backward(grad_y: torch.Tensor, y: torch.Tensor, taps: torch.Tensor,
+def _zeros_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor,
                     dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    h, w = y.shape[-2:]
+    h, w = x.shape[-2:]
     f = _dense_factors(taps[..., 0], taps[..., 1], h, dilation)
     g = _dense_factors(taps[..., 2], taps[..., 3], w, dilation)
     m_h = torch.linalg.inv(_product(f, taps, h))
     m_w = torch.linalg.inv(_product(g, taps, w))
+    y = m_h @ x @ m_w.transpose(-1, -2)
     # Y = A_H^{-1} X A_W^{-T}:  dL/dA_H = -(A_H^{-T} dY) Y^T,  dL/dA_W = -(dY A_W^{-1})^T Y.
     grad_y_h = m_h.transpose(-1, -2) @ grad_y
     grad_y_w = grad_y @ m_w
@@ -147,9 +152,10 @@ def _zeros_backward(grad_y: torch.Tensor, y: torch.Tensor, taps: torch.Tensor,
     return grad_x, grad_taps
 
 
-def torch_ar_solve_backward(grad_y: torch.Tensor, y: torch.Tensor, taps: torch.Tensor, boundary: str,
+def torch_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
                             dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dX, dL/dtaps)`` of ``Y = A^{-1} X`` given ``dL/dY`` and the saved output ``Y``."""
+    """``(dL/dX, dL/dtaps)`` of ``Y = A^{-1} X`` given ``dL/dY`` and the saved input ``X``."""
+    x = x.contiguous()
     if boundary == "circular":
-        return _circular_backward(grad_y, y, taps, dilation)
-    return _zeros_backward(grad_y, y, taps, dilation)
+        return _circular_backward(grad_y, x, taps, dilation)
+    return _zeros_backward(grad_y, x, taps, dilation)
