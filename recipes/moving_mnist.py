@@ -131,8 +131,13 @@ def make_datasets(args: argparse.Namespace, speed: int, seed: int) -> tuple[Movi
         digits = load_digits(args.digits, split=name, digit_size=digit_size, path=args.digits_path)
         return MovingMNIST(digits, num_sequences=count, seed=data_seed, split=name, **common)
 
-    test = FixedSequences(args.test_file, args.frame_size) if args.test_file \
-        else split("test", args.test_sequences, TEST_DATA_SEED)
+    if args.test_file:
+        test = FixedSequences(args.test_file, args.frame_size)
+        if test.frames < common["frames"]:
+            raise ValueError(f"--test-file has {test.frames} frames per sequence, fewer than "
+                             f"--input-frames + --future-frames = {common['frames']}")
+    else:
+        test = split("test", args.test_sequences, TEST_DATA_SEED)
     return split("train", args.train_sequences, seed), split("val", args.val_sequences, seed), test
 
 
@@ -149,7 +154,8 @@ def predict_and_score(accelerator, model, loader, args) -> tuple[torch.Tensor, t
     model.eval()
     psnrs, ssims, first = [], [], None
     for video in loader:
-        inputs, target = video[:, :args.input_frames], video[:, args.input_frames:]
+        inputs = video[:, :args.input_frames]
+        target = video[:, args.input_frames:args.input_frames + args.future_frames]
         prediction = model(inputs, args.future_frames).clamp(0, 1)
         if first is None:
             first = prediction.cpu()

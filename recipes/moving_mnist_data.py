@@ -194,6 +194,7 @@ class FixedSequences(Dataset):
             raise ValueError(f"--test-file must hold a [T, N, H, H] uint8 array (mnist_test_seq.npy layout), "
                              f"got {data.dtype} {tuple(data.shape)}")
         self.data, self.frame_size = data, frame_size
+        self.frames = data.shape[0]
 
     def __len__(self) -> int:
         return self.data.shape[1]

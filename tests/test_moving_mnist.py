@@ -153,8 +153,11 @@ def test_bad_command_lines(argv, error, match, tmp_path):
 
 
 def test_tiny_end_to_end(tmp_path):
+    # scored on a fixed test file (mnist_test_seq.npy layout, 20 frames, resized to 12x12)
+    test_file = tmp_path / "mnist_test_seq.npy"
+    np.save(test_file, np.random.default_rng(0).integers(0, 256, size=(20, 3, 64, 64), dtype=np.uint8))
     out = moving_mnist.main(TINY + ["--output-dir", str(tmp_path), "--models", "convlstm3", "armalstm3",
-                                    "--speeds", "1", "3"])
+                                    "--speeds", "1", "3", "--test-file", str(test_file)])
     assert set(out["results"]) == {"convlstm3", "armalstm3"}
     for model in out["results"].values():
         assert set(model["metrics"]) == {"psnr@1x", "ssim@1x", "psnr@3x", "ssim@3x"}
