@@ -150,9 +150,10 @@ def _check_names(model: nn.Module, config: ARMAConfig) -> None:
     conv_names = list(_conv_modules(model))
     targets = config.target_modules
     if targets is not None:
-        unmatched = [targets] if isinstance(targets, str) else [t for t in targets if not matches_any(t, conv_names)]
-        if isinstance(targets, str) and any(matches(n, targets) for n in conv_names):
-            unmatched = []
+        # a regex must match some conv; each listed name must match one (a typo is not a no-op)
+        patterns = [targets] if isinstance(targets, str) else [(t,) for t in targets]
+        unmatched = [p if isinstance(p, str) else p[0] for p in patterns
+                     if not any(matches(n, p) for n in conv_names)]
         if unmatched:
             hints = {t: _close_names(t, conv_names) for t in unmatched}
             raise ValueError(f"target_modules entries {unmatched} match no 2-D conv of the model; "
@@ -167,10 +168,6 @@ def _check_names(model: nn.Module, config: ARMAConfig) -> None:
         if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
             raise ValueError(f"nonlocal_after names {name!r}, a {type(module).__name__}, which is never "
                              "called itself; name one of its elements or the module that runs them")
-
-
-def matches_any(pattern: str, names: Sequence[str]) -> bool:
-    return any(matches(n, (pattern,)) for n in names)
 
 
 def _conv_modules(model: nn.Module) -> dict[str, nn.Module]:
