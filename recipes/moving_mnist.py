@@ -77,7 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tuned on 2 CPU cores (README "Moving-MNIST"): 10->10 frames in this budget left ARMA behind at 1x.
     "quick": dict(frame_size=16, hidden_channels=[8, 8], layers_per_block=[1, 1], skip_stride=None,
                   input_frames=5, future_frames=5, train_sequences=256, val_sequences=64,
-                  test_sequences=64, epochs=16, batch_size=16, lr=5e-3, ar_kernel_size=3,
+                  test_sequences=64, epochs=8, batch_size=16, lr=5e-3, ar_kernel_size=3,
                   boundary="circular", digits="sklearn", models=["convlstm3", "armalstm3"], speeds=[1, 3],
                   cpu_threads=1),
     "paper": dict(frame_size=64, hidden_channels=[32, 32, 32, 32], layers_per_block=[3, 3, 3, 3],
