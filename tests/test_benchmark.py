@@ -1,0 +1,30 @@
+"""Smoke test of the layer benchmark CLI (numbers are not asserted: it is a benchmark)."""
+import json
+
+import pytest
+
+from arma_plugin.benchmark import main
+
+
+def test_json_rows_cover_the_grid(capsys):
+    assert main(["--sizes", "8", "--q", "1", "2", "--boundaries", "circular", "zeros", "--batch", "1",
+                 "--channels", "2", "--repeats", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["size"], r["Q"], r["boundary"]) for r in rows} == \
+        {(8, q, b) for q in (1, 2) for b in ("circular", "zeros")}
+    for r in rows:
+        out_numel, alpha_numel = r["batch"] * r["channels"] * r["size"] ** 2, r["channels"] * r["Q"] * 4
+        # one output-sized tensor, plus the few alpha-sized tensors tanh/rotation save (≤ 10)
+        assert r["ar_torch_saved_outputs"] * out_numel <= out_numel + 10 * alpha_numel
+        assert ("released_ms" in r) == (r["boundary"] == "circular")
+
+
+def test_table_output(capsys):
+    assert main(["--sizes", "4", "--q", "1", "--batch", "1", "--channels", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| H=W |" in out and "circular" in out and "zeros" in out
+
+
+def test_bad_sizes():
+    with pytest.raises(ValueError, match="--sizes"):
+        main(["--sizes", "0"])
