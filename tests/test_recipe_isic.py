@@ -36,15 +36,19 @@ def run(output_dir: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """One 2-epoch smoke run; ``--push-to-hub`` goes to a stand-in that records its call."""
     output_dir = tmp_path_factory.mktemp("isic_smoke")
-    results = run(output_dir, "--epochs", "2")
+    pushed = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(isic, "push_to_hub", lambda model, repo, **card: pushed.append((model, repo, card)))
+        results = run(output_dir, "--epochs", "2", "--push-to-hub", "someone/arma-unet-smoke")
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.use_deterministic_algorithms(False)
-    return output_dir, results
+    return output_dir, results, pushed
 
 
 def test_smoke_run_writes_metrics_checkpoints_and_card(smoke_run):
-    output_dir, results = smoke_run
+    output_dir, results, _ = smoke_run
     run_dir = output_dir / "seed_0"
     record = json.loads((run_dir / "test_metrics.json").read_text())
     assert record["n_images"] == record["test_size"] == SMOKE_TEST_SIZE
@@ -58,7 +62,7 @@ def test_smoke_run_writes_metrics_checkpoints_and_card(smoke_run):
 
 
 def test_final_checkpoint_loads_with_from_pretrained_and_is_the_best_val_model(smoke_run):
-    output_dir, _ = smoke_run
+    output_dir, _, _ = smoke_run
     run_dir = output_dir / "seed_0"
     model = from_pretrained(run_dir / "final")
     best = load_file(str(run_dir / "best" / "model.safetensors"))
@@ -69,8 +73,17 @@ def test_final_checkpoint_loads_with_from_pretrained_and_is_the_best_val_model(s
     assert any(name.endswith("ar.alpha") for name in state)  # it is an ARMA model
 
 
+def test_push_to_hub_gets_the_final_model_and_its_measured_card(smoke_run):
+    output_dir, results, pushed = smoke_run
+    (model, repo, card), = pushed
+    assert repo == "someone/arma-unet-smoke"
+    assert f"| JS | {results[0]['JS']:.4f} |" in card["metrics"]
+    final = load_file(str(output_dir / "seed_0" / "final" / "model.safetensors"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
+
+
 def test_resume_after_epoch_one_matches_uninterrupted_run(smoke_run, tmp_path):
-    output_dir, _ = smoke_run
+    output_dir, _, _ = smoke_run
     run(tmp_path, "--epochs", "1")
     AcceleratorState._reset_state(reset_partial_state=True)
     run(tmp_path, "--epochs", "2", "--resume-from-checkpoint")
