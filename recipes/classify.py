@@ -182,12 +182,6 @@ def build_model(args: argparse.Namespace, num_classes: int, reparam: bool) -> nn
     variant is saved and reloaded with the same ``save_pretrained``/``from_pretrained``.
     """
     base = timm.create_model(args.model, pretrained=False, num_classes=num_classes, **args.model_kwargs)
-    if not args.no_arma:
-        # The AR solve keeps its output for backward (Thm 4); an in-place activation right after
-        # a conv (timm's VGG: ReLU(inplace=True), no norm layer between) would overwrite it.
-        for module in base.modules():
-            if getattr(module, "inplace", False) is True:
-                module.inplace = False
     config = ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary, reparam=reparam,
                         exclude_modules=".*" if args.no_arma else None)
     return armafy(base, config)

@@ -165,9 +165,10 @@ def test_model_kwargs_are_parsed_as_json():
 
 
 def test_vgg_with_inplace_relu_trains_when_armafied():
-    """timm's VGG applies ReLU(inplace=True) straight to each conv output, which the AR solve
-    keeps for its backward; the recipe's model must still backpropagate."""
+    """timm's VGG applies ReLU(inplace=True) straight to each conv output; the armafied model,
+    in-place activations untouched, must still backpropagate."""
     args = classify.parse_args(["--data", "digits", "--model", "vgg11", "--model-kwargs", "mlp_ratio=0.0625"])
     model = classify.build_model(args, 10, reparam=True)
+    assert any(getattr(m, "inplace", False) for m in model.modules())
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith("ar.alpha"))
