@@ -309,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"Moving-MNIST-2 {args.preset}: {args.frame_size}x{args.frame_size} frames, "
           f"{args.input_frames}->{args.future_frames}, digits={args.digits}, models={args.models}, "
           f"speeds={args.speeds}, seeds={seeds}, {len(runs)} trainings")
+    print("parameters: " + ", ".join(f"{m} {count_parameters(build_model(args, m)):,}" for m in args.models))
     rows: dict[str, dict[int, dict[str, float]]] = {m: {} for m in args.models}
     curves: dict[str, dict[str, dict[str, list]]] = {m: {} for m in args.models}
     params: dict[str, int] = {}
