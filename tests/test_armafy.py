@@ -403,3 +403,26 @@ def test_weights_tied_between_converted_convs_stay_tied() -> None:
     other.weight = shared.weight
     arma = armafy(nn.Sequential(shared, other))
     assert arma[0].weight is arma[1].weight
+
+
+class ScaledWeightConv(nn.Module):
+    """A functional conv whose weight is computed, so the graph cannot read its channel count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 3, 3, 3) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * 2.0, padding=1)
+
+
+def test_graph_mode_takes_channels_from_example_inputs() -> None:
+    torch.manual_seed(0)
+    model, x = ScaledWeightConv().eval(), torch.randn(1, 3, 8, 8)
+    _, report = armafy(model, mode="graph", return_report=True)
+    assert statuses(report)["conv2d"] == ("skipped", "output channels unknown (pass example_inputs)")
+    gm, report = armafy(model, mode="graph", example_inputs=x, return_report=True)
+    assert statuses(report)["conv2d"] == ("converted", "")
+    assert [p.shape for p in ar_parameters(gm)] == [(6, 1, 4)]
+    with torch.no_grad():
+        assert relative_error(gm(x), model(x)) <= IDENTITY_TOL
