@@ -63,9 +63,10 @@ def armafy(model: nn.Module, config: ARMAConfig | None = None, *, inplace: bool 
         The model carries ``arma_config`` and ``arma_report``. Converting an armafied model again
         changes nothing, and the report says so.
 
-    The model is traced with :class:`ARMATracer` to learn which convs are called; when the trace
-    fails (data-dependent control flow) ``"module"`` mode walks the modules instead and records
-    the trace error in the report.
+    The model is traced with :class:`ARMATracer` to learn which convs are called and how often.
+    A submodule whose forward cannot be traced is kept opaque (its convs count as called) and the
+    model retraced; if the root's own forward cannot be traced, ``"module"`` mode walks the
+    modules instead and records the trace error in the report (``"graph"`` mode raises).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"armafy expects a torch.nn.Module, got {type(model).__name__}")
