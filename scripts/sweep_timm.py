@@ -103,6 +103,7 @@ def identity_error(out: Any, ref: Any) -> float:
 def sweep_family(family: str, size: int, timeout: int, max_candidates: int) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"family": family}
+    signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(timeout)
     try:
         name, params, failed = smallest_model(family, max_candidates)
@@ -168,7 +169,6 @@ def main() -> None:
     parser.add_argument("--json", help="write all rows (with trace errors and skip reasons) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGALRM, _on_alarm)
     families = args.families or sorted(timm.list_modules())
     rows = []
     for family in families:
