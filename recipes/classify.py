@@ -43,7 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import common
-from arma_plugin import ARMAConfig, armafy, push_to_hub, save_pretrained
+from arma_plugin import ARMAConfig, armafy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -244,11 +244,8 @@ def train_variant(accelerator, args: argparse.Namespace, config: dict[str, Any],
             (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
             card = {"metrics": metrics_markdown(args, scores, state, reparam),
                     "description": f"`{args.model}` trained with `recipes/classify.py` (seed {seed})."}
-            unwrapped = accelerator.unwrap_model(model)
-            save_pretrained(unwrapped, run_dir / "final", **card)
-            if args.push_to_hub:
-                repo = args.push_to_hub if args.seeds is None else f"{args.push_to_hub}-seed{seed}"
-                push_to_hub(unwrapped, repo, **card)
+            common.publish(accelerator.unwrap_model(model), run_dir / "final", card,
+                           common.hub_repo_for_seed(args, seed))
         accelerator.wait_for_everyone()
         accelerator.free_memory()
     return results

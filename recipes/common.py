@@ -36,6 +36,8 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from arma_plugin import push_to_hub, save_pretrained
+
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "none")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -288,6 +290,22 @@ def load_best_weights(accelerator: Accelerator, model: nn.Module, run_dir: Path)
     if not path.is_file():
         raise FileNotFoundError(f"no best-val weights at {path}: was fit() run for this run_dir?")
     accelerator.unwrap_model(model).load_state_dict(load_file(str(path)))
+
+
+def hub_repo_for_seed(args: argparse.Namespace, seed: int) -> str | None:
+    """``--push-to-hub REPO`` for this run: ``REPO`` for one run, ``REPO-seed<s>`` under ``--seeds``."""
+    if not args.push_to_hub:
+        return None
+    return args.push_to_hub if args.seeds is None else f"{args.push_to_hub}-seed{seed}"
+
+
+def publish(model: nn.Module, save_directory: Path, card: Mapping[str, Any], repo_id: str | None) -> Path:
+    """``save_pretrained`` the final model with ``card`` (measured results) in its model card,
+    then ``push_to_hub`` it when a ``repo_id`` is given. Call on the main process only."""
+    path = save_pretrained(model, save_directory, **card)
+    if repo_id:
+        push_to_hub(model, repo_id, **card)
+    return path
 
 
 def seeded_split(n: int, proportions: Mapping[str, float], seed: int) -> dict[str, list[int]]:

@@ -51,7 +51,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import common
-from arma_plugin import ARMAConfig, armafy, push_to_hub, save_pretrained
+from arma_plugin import ARMAConfig, armafy
 from arma_plugin.metrics import SEGMENTATION_METRICS, confusion_counts, segmentation_scores
 
 MODELS = ("unet", "nl-unet", "arma-unet", "nl-arma-unet")
@@ -370,11 +370,8 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
             (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
             card = {"metrics": metrics_markdown(args, scores, state.best_epoch), "tags": ["isic-2018"],
                     "description": f"`{args.model}` trained with `recipes/isic.py` (seed {seed})."}
-            unwrapped = accelerator.unwrap_model(model)
-            save_pretrained(unwrapped, run_dir / "final", **card)
-            if args.push_to_hub:
-                repo = args.push_to_hub if args.seeds is None else f"{args.push_to_hub}-seed{seed}"
-                push_to_hub(unwrapped, repo, **card)
+            common.publish(accelerator.unwrap_model(model), run_dir / "final", card,
+                           common.hub_repo_for_seed(args, seed))
         accelerator.wait_for_everyone()
         accelerator.free_memory()
 

@@ -37,12 +37,12 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from arma_plugin import ARMAConfig, armafy, push_to_hub, save_pretrained
+from arma_plugin import ARMAConfig, armafy
 from arma_plugin.metrics import frame_psnr, frame_ssim, summarize_video_metrics
 from arma_plugin.models import ConvLSTMNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_training_args, fit, load_best_weights, make_accelerator,  # noqa: E402
+from common import (add_training_args, fit, load_best_weights, make_accelerator, publish,  # noqa: E402
                     resolve_resume, seed_everything, seeds_from_args, tracker_config,
                     validate_training_args, write_seed_table)
 from moving_mnist_data import (DIGIT_SOURCES, FixedSequences, MovingMNIST, digit_size_for,  # noqa: E402
@@ -374,9 +374,8 @@ def save_checkpoints(args: argparse.Namespace, runs: Sequence[tuple[str, int, in
                        f"`recipes/moving_mnist.py --preset {args.preset}`.")
         save_kwargs = dict(model_factory=MODEL_FACTORY, model_kwargs=model_kwargs(args, VARIANTS[name]),
                            metrics=table, description=description, tags=["video-prediction"])
-        paths.append(save_pretrained(model, run_dir / "final", **save_kwargs))
-        if args.push_to_hub:
-            push_to_hub(model, f"{args.push_to_hub}-{name}-speed{speed}-seed{seed}", **save_kwargs)
+        repo_id = f"{args.push_to_hub}-{name}-speed{speed}-seed{seed}" if args.push_to_hub else None
+        paths.append(publish(model, run_dir / "final", save_kwargs, repo_id))
     return paths
 
 

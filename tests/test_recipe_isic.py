@@ -13,6 +13,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
+import common
 import isic
 from arma_plugin import from_pretrained
 
@@ -40,7 +41,7 @@ def smoke_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("isic_smoke")
     pushed = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(isic, "push_to_hub", lambda model, repo, **card: pushed.append((model, repo, card)))
+        patch.setattr(common, "push_to_hub", lambda model, repo, **card: pushed.append((model, repo, card)))
         results = run(output_dir, "--epochs", "2", "--push-to-hub", "someone/arma-unet-smoke")
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.use_deterministic_algorithms(False)
@@ -289,8 +290,6 @@ def test_paper_preset_is_the_table_2_size():
 
 
 def test_seed_table_is_mean_and_sample_std(tmp_path):
-    import common
-
     rows = {"arma-unet": {0: {"JS": 0.7}, 1: {"JS": 0.8}, 2: {"JS": 0.9}}}
     md, js = common.write_seed_table(rows, ["JS"], tmp_path / "results", extra_columns={"arma-unet": {"params": "3.45M"}})
     # values chosen so that mean = 0.8 and the ddof=1 std = 0.1 exactly (ddof=0 would be 0.0816)
@@ -301,8 +300,6 @@ def test_seed_table_is_mean_and_sample_std(tmp_path):
 
 
 def test_latest_checkpoint_skips_interrupted_saves(tmp_path):
-    import common
-
     for epoch, complete in [(1, True), (2, True), (3, False)]:
         folder = tmp_path / "checkpoints" / f"epoch_{epoch:04d}"
         folder.mkdir(parents=True)
