@@ -22,8 +22,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
-from arma_plugin import armafy
-from sweep_timm import SHORT_REASON, identity_error, trace_kind
+from sweep_timm import SHORT_REASON, armafy_row, trace_kind
 
 DEFAULT_ENCODERS = ("resnet18", "mobilenet_v2", "efficientnet-b0", "tu-regnetx_002", "mit_b0")
 VIT_ENCODER = ("tu-vit_tiny_patch16_224", {"dynamic_img_size": True})
@@ -56,12 +55,7 @@ def sweep_one(arch: str, encoder: str, kwargs: dict[str, Any], size: int) -> dic
         row["seconds"] = round(time.perf_counter() - start, 1)
         return row
     try:
-        arma, report = armafy(model, return_report=True)
-        with torch.no_grad():
-            out = arma(x)
-        row.update(status="ok", traced=report.traced, trace_error=report.trace_error, untraceable=report.untraceable,
-                   convs=len(report.entries), converted=report.converted, skipped=report.skipped,
-                   identity_error=identity_error(out, ref), same_class=type(arma) is type(model))
+        row.update(armafy_row(model, x, ref))
     except Exception as err:
         row.update(status="error", error=f"{type(err).__name__}: {err}".splitlines()[0][:300])
     row["seconds"] = round(time.perf_counter() - start, 1)

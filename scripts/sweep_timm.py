@@ -100,6 +100,16 @@ def identity_error(out: Any, ref: Any) -> float:
     return diff / max(scale, 1e-30)
 
 
+def armafy_row(model: torch.nn.Module, x: torch.Tensor, ref: Any) -> dict[str, Any]:
+    """armafy ``model`` and the sweep columns: trace outcome, conv counts, identity error vs ``ref``."""
+    arma, report = armafy(model, return_report=True)
+    with torch.no_grad():
+        out = arma(x)
+    return dict(status="ok", traced=report.traced, trace_error=report.trace_error, untraceable=report.untraceable,
+                convs=len(report.entries), converted=report.converted, skipped=report.skipped,
+                identity_error=identity_error(out, ref), same_class=type(arma) is type(model))
+
+
 def sweep_family(family: str, size: int, timeout: int, max_candidates: int) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"family": family}
@@ -112,12 +122,7 @@ def sweep_family(family: str, size: int, timeout: int, max_candidates: int) -> d
             raise RuntimeError("no model of the family builds")
         model, x, ref = build_and_run(name, size)
         row["input"] = list(x.shape)
-        arma, report = armafy(model, return_report=True)
-        with torch.no_grad():
-            out = arma(x)
-        row.update(status="ok", traced=report.traced, trace_error=report.trace_error, untraceable=report.untraceable,
-                   convs=len(report.entries), converted=report.converted, skipped=report.skipped,
-                   identity_error=identity_error(out, ref), same_class=type(arma) is type(model))
+        row.update(armafy_row(model, x, ref))
     except Exception as err:
         row.update(status="error", error=f"{type(err).__name__}: {err}".splitlines()[0][:300])
     finally:
