@@ -190,10 +190,25 @@ def _forward_planes(x, taps, d, circular, out):
         out[p][:, :] = t.T
 
 
+@nb.njit(cache=True, nogil=True)
+def _backward_axis(u, z, taps_c, first_tap, d, circular, grad_taps_p, tmp, undo_first_factor):
+    """Thm 4 along one axis, last factor first: ``u`` becomes the transposed solve of the
+    incoming gradient, tap gradients pair it with the state ``z``, and ``z`` steps back to
+    the previous factor's state (``A_k z``; for the first factor only if ``undo_first_factor``)."""
+    for k in range(taps_c.shape[0] - 1, -1, -1):
+        left, right = taps_c[k, first_tap], taps_c[k, first_tap + 1]
+        _solve(u, right, left, d, circular)
+        g_left, g_right = _tap_grads(u, z, d, circular)
+        grad_taps_p[k, first_tap] = g_left
+        grad_taps_p[k, first_tap + 1] = g_right
+        if k > 0 or undo_first_factor:
+            _apply(z, left, right, d, circular, tmp)
+
+
 @nb.njit(parallel=True, cache=True)
 def _backward_planes(grad_y, x, taps, d, circular, grad_x, grad_taps):
     n_planes, h, w = x.shape
-    channels, q_count, _ = taps.shape
+    channels = taps.shape[0]
     for p in nb.prange(n_planes):
         c = p % channels
         z = np.empty((h, w), dtype=x.dtype)
@@ -204,26 +219,13 @@ def _backward_planes(grad_y, x, taps, d, circular, grad_x, grad_taps):
         _solve_plane_transposed(x[p], taps[c], d, circular, z, zt)  # Y^T, recomputed in cache
         # W axis on transposed copies: U = dY A_W^{-1}, Z = Y A_W^T at the end.
         ut[:, :] = grad_y[p].T
-        for k in range(q_count - 1, -1, -1):
-            left, right = taps[c, k, 2], taps[c, k, 3]
-            _solve(ut, right, left, d, circular)
-            g_left, g_right = _tap_grads(ut, zt, d, circular)
-            grad_taps[p, k, 2] = g_left
-            grad_taps[p, k, 3] = g_right
-            _apply(zt, left, right, d, circular, tmp_t)
+        _backward_axis(ut, zt, taps[c], 2, d, circular, grad_taps[p], tmp_t, True)
         # H axis: transposed solves of U give dX; the states Z carry A_W^T so the
         # H-tap gradients pair the right quantities (<P B, Q> = <P, Q B^T>).
         u = grad_x[p]
         u[:, :] = ut.T
         z[:, :] = zt.T
-        for k in range(q_count - 1, -1, -1):
-            left, right = taps[c, k, 0], taps[c, k, 1]
-            _solve(u, right, left, d, circular)
-            g_left, g_right = _tap_grads(u, z, d, circular)
-            grad_taps[p, k, 0] = g_left
-            grad_taps[p, k, 1] = g_right
-            if k > 0:
-                _apply(z, left, right, d, circular, tmp)
+        _backward_axis(u, z, taps[c], 0, d, circular, grad_taps[p], tmp, False)
 
 
 def _planes(t: torch.Tensor) -> np.ndarray:
