@@ -339,11 +339,17 @@ def load_hf_dataset(name: str) -> dict[str, Any]:
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
+def summarize(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (ddof=1; ``None`` for a single value, which has none)."""
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()),
-            "std": float(array.std(ddof=1)) if array.size > 1 else 0.0}
+            "std": float(array.std(ddof=1)) if array.size > 1 else None}
+
+
+def format_mean_std(stats: Mapping[str, float | None], digits: int) -> str:
+    """``mean ± std``, or the bare mean when there is no spread to report (one seed)."""
+    mean = f"{stats['mean']:.{digits}f}"
+    return mean if stats["std"] is None else f"{mean} ± {stats['std']:.{digits}f}"
 
 
 def write_seed_table(rows: Mapping[str, Mapping[int, Mapping[str, float]]], columns: Sequence[str],
@@ -366,7 +372,7 @@ def write_seed_table(rows: Mapping[str, Mapping[int, Mapping[str, float]]], colu
         if missing:
             raise ValueError(f"rows[{model!r}] lacks metrics {sorted(set(missing))}")
         stats = {c: summarize([per_seed[s][c] for s in seeds]) for c in columns}
-        cells = [f"{stats[c]['mean']:.{digits}f} ± {stats[c]['std']:.{digits}f}" for c in columns]
+        cells = [format_mean_std(stats[c], digits) for c in columns]
         extras = [extra_columns.get(model, {}).get(name, "") for name in extra_names]
         lines.append("| " + " | ".join([model, *extras, *cells]) + " |")
         payload[model] = {"seeds": seeds, **extra_columns.get(model, {}),

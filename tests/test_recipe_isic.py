@@ -299,6 +299,12 @@ def test_seed_table_is_mean_and_sample_std(tmp_path):
     assert stats["std"] == pytest.approx(0.1, abs=1e-12)  # float64 rounding only
 
 
+def test_seed_table_of_one_seed_reports_no_spread(tmp_path):
+    md, js = common.write_seed_table({"unet": {0: {"JS": 0.75}}}, ["JS"], tmp_path / "results")
+    assert "| unet | 0.750 |" in md.read_text()
+    assert json.loads(js.read_text())["unet"]["metrics"]["JS"]["std"] is None
+
+
 def test_latest_checkpoint_skips_interrupted_saves(tmp_path):
     for epoch, complete in [(1, True), (2, True), (3, False)]:
         folder = tmp_path / "checkpoints" / f"epoch_{epoch:04d}"
