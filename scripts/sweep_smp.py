@@ -22,7 +22,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
-from sweep_timm import SHORT_REASON, armafy_row, trace_kind
+from sweep_timm import armafy_row, format_table
 
 DEFAULT_ENCODERS = ("resnet18", "mobilenet_v2", "efficientnet-b0", "tu-regnetx_002", "mit_b0")
 VIT_ENCODER = ("tu-vit_tiny_patch16_224", {"dynamic_img_size": True})
@@ -62,20 +62,6 @@ def sweep_one(arch: str, encoder: str, kwargs: dict[str, Any], size: int) -> dic
     return row
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("arch", "encoder", "trace", "convs", "conv'd", "skipped", "identity err", "s")
-    lines = [header]
-    for r in rows:
-        if r["status"] != "ok":
-            lines.append((r["arch"], r["encoder"], r["status"].upper(), "", "", r["error"][:60], "", str(r["seconds"])))
-            continue
-        skipped = " ".join(f"{SHORT_REASON.get(k, k)}:{v}" for k, v in sorted(r["skipped"].items()))
-        lines.append((r["arch"], r["encoder"], trace_kind(r), str(r["convs"]),
-                      str(r["converted"]), skipped, f"{r['identity_error']:.1e}", str(r["seconds"])))
-    widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", nargs="*", default=list(DEFAULT_ENCODERS))
@@ -89,7 +75,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    print(format_table(rows))
+    print(format_table(rows, ("arch", "encoder")))
     ok = [r for r in rows if r["status"] == "ok"]
     archs_ok = {r["arch"] for r in ok if r["identity_error"] <= args.tol}
     print(f"{len(rows)} combinations: {len(ok)} converted, {sum(r['status'] == 'error' for r in rows)} armafy errors, "

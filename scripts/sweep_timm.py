@@ -138,15 +138,17 @@ def trace_kind(row: dict[str, Any]) -> str:
     return f"fx+{len(row['untraceable'])}" if row["untraceable"] else "fx"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("family", "model", "trace", "convs", "conv'd", "skipped", "identity err", "s")
+def format_table(rows: list[dict[str, Any]], leading: tuple[str, ...] = ("family", "model")) -> str:
+    """Aligned text table of sweep rows; ``leading`` names the row-identifying columns."""
+    header = (*leading, "trace", "convs", "conv'd", "skipped", "identity err", "s")
     lines = [header]
     for r in rows:
+        ident = tuple(str(r.get(k)) for k in leading)
         if r["status"] != "ok":
-            lines.append((r["family"], str(r.get("model")), "ERROR", "", "", r["error"][:60], "", str(r["seconds"])))
+            lines.append((*ident, r["status"].upper(), "", "", r["error"][:60], "", str(r["seconds"])))
             continue
         skipped = " ".join(f"{SHORT_REASON.get(k, k)}:{v}" for k, v in sorted(r["skipped"].items()))
-        lines.append((r["family"], r["model"], trace_kind(r), str(r["convs"]),
+        lines.append((*ident, trace_kind(r), str(r["convs"]),
                       str(r["converted"]), skipped, f"{r['identity_error']:.1e}", str(r["seconds"])))
     widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines)
