@@ -33,7 +33,7 @@ SHORT_REASON = {"pointwise 1x1 (include_pointwise=False)": "1x1", "never called 
 
 
 class RowTimeout(Exception):
-    pass
+    """A family took longer than ``--timeout`` seconds (raised from SIGALRM)."""
 
 
 def _on_alarm(signum, frame):
