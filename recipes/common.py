@@ -292,6 +292,11 @@ def load_best_weights(accelerator: Accelerator, model: nn.Module, run_dir: Path)
     accelerator.unwrap_model(model).load_state_dict(load_file(str(path)))
 
 
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters, as the paper's tables count them."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def hub_repo_for_seed(args: argparse.Namespace, seed: int) -> str | None:
     """``--push-to-hub REPO`` for this run: ``REPO`` for one run, ``REPO-seed<s>`` under ``--seeds``."""
     if not args.push_to_hub:

@@ -291,10 +291,6 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     return armafy(base, config)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ----------------------------------------------------------------------------- training
 
 def evaluate_segmentation(accelerator, model: nn.Module, loader: DataLoader) -> dict[str, float]:
@@ -335,7 +331,7 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     for seed in common.seeds_from_args(args):
         common.seed_everything(seed, deterministic=args.deterministic)
         model = build_model(args)
-        n_params = count_parameters(model)
+        n_params = common.count_parameters(model)
         accelerator.print(f"{args.model} ({args.arch}/{args.encoder}): {n_params:,} parameters")
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
         loaders = {key: DataLoader(ds, batch_size=config["batch_size"], shuffle=key == "train",

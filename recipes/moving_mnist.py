@@ -42,7 +42,7 @@ from arma_plugin.metrics import frame_psnr, frame_ssim, summarize_video_metrics
 from arma_plugin.models import ConvLSTMNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_training_args, fit, load_best_weights, make_accelerator, publish,  # noqa: E402
+from common import (add_training_args, count_parameters, fit, load_best_weights, make_accelerator, publish,  # noqa: E402
                     resolve_resume, seed_everything, seeds_from_args, tracker_config,
                     validate_training_args, write_seed_table)
 from moving_mnist_data import (DIGIT_SOURCES, FixedSequences, MovingMNIST, digit_size_for,  # noqa: E402
@@ -115,10 +115,6 @@ def build_model(args: argparse.Namespace, name: str) -> ConvLSTMNet:
     net = ConvLSTMNet(**model_kwargs(args, variant))
     example = torch.zeros(1, 2, 1, args.frame_size, args.frame_size)
     return armafy(net, arma_config(args, net, variant), example_inputs=example)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- data

@@ -285,7 +285,7 @@ def test_model_variants(model, tmp_path):
 def test_paper_preset_is_the_table_2_size():
     args = isic.parse_args(["--preset", "paper", "--model", "unet", "--data-dir", "unused"])
     assert (args.encoder, args.image_size, args.lr) == ("mobilenet_v2", 224, 1e-3)
-    count = isic.count_parameters(isic.build_model(args))
+    count = common.count_parameters(isic.build_model(args))
     assert abs(count - 3.453e6) / 3.453e6 < 0.01  # Table 2: U-Net 3.453M; within 1%
 
 
