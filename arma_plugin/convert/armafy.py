@@ -221,17 +221,21 @@ def _module_entry(name: str, conv: nn.Module, model: nn.Module, trace: TraceResu
     return entry
 
 
+def _ar_dilation(conv_dilation: tuple[int, int], config: ARMAConfig) -> int:
+    """The AR taps' dilation: the conv's own with ``ar_dilation="match"``, else the config's."""
+    return conv_dilation[0] if config.ar_dilation == "match" else config.ar_dilation
+
+
 def _new_ar(channels: int, dilation: tuple[int, int], like: torch.Tensor, training: bool,
             config: ARMAConfig) -> AutoRegressive2d:
-    ar_dilation = dilation[0] if config.ar_dilation == "match" else config.ar_dilation
-    ar = AutoRegressive2d(channels, config.ar_kernel_size, config.boundary, config.reparam, ar_dilation)
+    ar = AutoRegressive2d(channels, config.ar_kernel_size, config.boundary, config.reparam,
+                          _ar_dilation(dilation, config))
     return ar.to(device=like.device, dtype=like.dtype).train(training)
 
 
 def _ar_kwargs(conv: nn.Module, config: ARMAConfig) -> dict[str, Any]:
-    ar_dilation = _pair(conv.dilation)[0] if config.ar_dilation == "match" else config.ar_dilation
     return dict(ar_kernel_size=config.ar_kernel_size, boundary=config.boundary, reparam=config.reparam,
-                ar_dilation=ar_dilation)
+                ar_dilation=_ar_dilation(_pair(conv.dilation), config))
 
 
 def _convert_modules(model: nn.Module, convs: dict[str, nn.Module], config: ARMAConfig) -> tuple[nn.Module, int]:
