@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .layers.ar_released import released_autoregressive2d
+from .reference import released_autoregressive2d
 from .layers.ar_solve_op import numba_available
 from .layers.autoregressive import autoregressive2d
 

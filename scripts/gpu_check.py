@@ -17,7 +17,7 @@ _pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "arma_plugin")]
 sys.modules["arma_plugin"] = _pkg
 
 from arma_plugin.benchmark import format_table, run  # noqa: E402
-from arma_plugin.layers.ar_reference import ar_solve_reference  # noqa: E402
+from arma_plugin.reference import ar_solve_reference  # noqa: E402
 from arma_plugin.layers.ar_taps import ar_taps  # noqa: E402
 from arma_plugin.layers.autoregressive import autoregressive2d  # noqa: E402
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from arma_plugin.layers import AutoRegressive2d, ar_taps, autoregressive2d
-from arma_plugin.layers.ar_reference import ar_apply_reference, ar_solve_reference, axis_operator
-from arma_plugin.layers.ar_released import released_autoregressive2d
+from arma_plugin.reference import ar_apply_reference, ar_solve_reference, axis_operator
+from arma_plugin.reference import released_autoregressive2d
 from arma_plugin.layers.ar_solve_op import numba_available
 from arma_plugin.layers.ar_taps import TANH_LIMIT
 

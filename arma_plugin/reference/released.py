@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .ar_taps import ar_taps
+from ..layers.ar_taps import ar_taps
 
 
 def _circular_filter(left: torch.Tensor, right: torch.Tensor, n: int, dilation: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .ar_taps import BOUNDARIES
+from ..layers.ar_taps import BOUNDARIES
 
 
 def factor_matrix(left: torch.Tensor, right: torch.Tensor, n: int, boundary: str,
