@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import CondConv2d, Conv2dSame
 
 from arma_plugin import ARMAConfig, ARMAConv2d, AutoRegressive2d, NonLocal2d, ar_parameters, armafy, non_ar_parameters
+from arma_plugin.convert import ConversionReport, SkipReason
 
 # Identity target of the issue: max |armafied - original| / max |original| in float32. The AR
 # solve at alpha = 0 is the identity up to rounding of the solver (an FFT path is not bit-exact),
@@ -178,19 +179,21 @@ def test_report_names_every_conv_and_why() -> None:
     model, x = tiny_and_input()
     arma, report = armafy(model, return_report=True)
     s = statuses(report)
-    assert s["stem"] == s["body.0"] == s["shared"] == s["same"] == ("converted", "")
-    assert s["body.2"][1].startswith("pointwise")
-    assert s["unused"] == ("skipped", "never called in forward")
-    assert s["conv2d"][0] == "skipped" and "mode='graph'" in s["conv2d"][1]
+    assert s["stem"] == s["body.0"] == s["shared"] == s["same"] == ("converted", None)
+    assert s["body.2"] == ("skipped", SkipReason.POINTWISE)
+    assert s["unused"] == ("skipped", SkipReason.NEVER_CALLED)
+    assert s["conv2d"] == ("skipped", SkipReason.FUNCTIONAL_IN_MODULE_MODE)
     assert {e.name: e.calls for e in report.entries}["shared"] == 2
     assert isinstance(arma.same, Conv2dSame) and type(arma.same).__name__ == "ARMAConv2dSame"
     assert isinstance(arma.stem, ARMAConv2d)
-    assert report.skipped == {"pointwise 1x1 (include_pointwise=False)": 1, "never called in forward": 1,
-                              "functional conv2d call site (converted only with mode='graph')": 1}
+    assert report.skipped == {SkipReason.POINTWISE: 1, SkipReason.NEVER_CALLED: 1,
+                              SkipReason.FUNCTIONAL_IN_MODULE_MODE: 1}
     data = json.loads(json.dumps(report.to_dict()))
     assert data["converted"] == 4 and len(data["entries"]) == 7
+    assert data["skipped"] == {"pointwise": 1, "never_called": 1, "functional_in_module_mode": 1}
     text = str(report)
     assert all(name in text for name in s) and "4 converted" in text
+    assert "never called in forward" in text  # people read the explanation, not the key
     with torch.no_grad():
         assert relative_error(arma(x), model(x)) <= IDENTITY_TOL
 
@@ -211,7 +214,7 @@ def test_graph_mode_puts_an_ar_node_after_every_call_site() -> None:
     ar_nodes = [n for n in gm.graph.nodes if n.op == "call_module"
                 and isinstance(gm.get_submodule(n.target), AutoRegressive2d)]
     assert len(ar_nodes) == 6  # stem, body.0, shared twice, the functional conv, same
-    assert statuses(report)["conv2d"] == ("converted", "")
+    assert statuses(report)["conv2d"] == ("converted", None)
     assert {n.args[0].target for n in ar_nodes} >= {"stem", "body.0", "shared", "same"}
     with torch.no_grad():
         assert relative_error(gm(x), model(x)) <= IDENTITY_TOL
@@ -420,9 +423,9 @@ def test_graph_mode_takes_channels_from_example_inputs() -> None:
     torch.manual_seed(0)
     model, x = ScaledWeightConv().eval(), torch.randn(1, 3, 8, 8)
     _, report = armafy(model, mode="graph", return_report=True)
-    assert statuses(report)["conv2d"] == ("skipped", "output channels unknown (pass example_inputs)")
+    assert statuses(report)["conv2d"] == ("skipped", SkipReason.UNKNOWN_CHANNELS)
     gm, report = armafy(model, mode="graph", example_inputs=x, return_report=True)
-    assert statuses(report)["conv2d"] == ("converted", "")
+    assert statuses(report)["conv2d"] == ("converted", None)
     assert [p.shape for p in ar_parameters(gm)] == [(6, 1, 4)]
     with torch.no_grad():
         assert relative_error(gm(x), model(x)) <= IDENTITY_TOL

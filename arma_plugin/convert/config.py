@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..layers.autoregressive import BOUNDARIES
+from ..validation import check_choice, check_odd_kernel_size, check_positive_int
 
 MODES = ("module", "graph")
 ModulePattern = str | Sequence[str] | None
@@ -81,24 +82,19 @@ class ARMAConfig:
     mode: str = "module"
 
     def __post_init__(self) -> None:
-        k = self.ar_kernel_size
-        if isinstance(k, bool) or not isinstance(k, int) or k < 3 or k % 2 == 0:
-            raise ValueError(f"ARMAConfig.ar_kernel_size must be an odd integer >= 3 (3, 5, 7, ...), got {k!r}")
-        if self.boundary not in BOUNDARIES:
-            raise ValueError(f"ARMAConfig.boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
+        check_odd_kernel_size("ARMAConfig.ar_kernel_size", self.ar_kernel_size)
+        check_choice("ARMAConfig.boundary", self.boundary, BOUNDARIES)
         _check_bool("reparam", self.reparam)
         _check_bool("include_pointwise", self.include_pointwise)
         self.target_modules = _normalise_patterns("target_modules", self.target_modules)
         self.exclude_modules = _normalise_patterns("exclude_modules", self.exclude_modules)
-        d = self.ar_dilation
-        if d != "match" and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-            raise ValueError(f"ARMAConfig.ar_dilation must be an integer >= 1 or 'match', got {d!r}")
+        if self.ar_dilation != "match":
+            check_positive_int("ARMAConfig.ar_dilation (or the string 'match')", self.ar_dilation)
         nl = self.nonlocal_after
         if isinstance(nl, str) or not isinstance(nl, Sequence) or not all(isinstance(n, str) and n for n in nl):
             raise ValueError(f"ARMAConfig.nonlocal_after must be a list of module names, got {nl!r}")
         self.nonlocal_after = tuple(nl)
-        if self.mode not in MODES:
-            raise ValueError(f"ARMAConfig.mode must be one of {MODES}, got {self.mode!r}")
+        check_choice("ARMAConfig.mode", self.mode, MODES)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists); ``ARMAConfig.from_dict(c.to_dict()) == c``."""

@@ -1,18 +1,80 @@
 """``ConversionReport``: what :func:`arma_plugin.armafy` converted, what not, and why."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Mapping
 
-CONVERTED = "converted"
-ALREADY = "already ARMA"
-SKIPPED = "skipped"
+from ..table import format_table
+
+
+class ConvStatus(str, Enum):
+    """What ``armafy`` did with one conv; the value is what ``to_dict`` writes."""
+
+    CONVERTED = "converted"
+    ALREADY = "already ARMA"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __hash__(self) -> int:  # Enum hashes the member name; hash the value so "key" lookups work
+        return hash(self.value)
+
+
+class SkipReason(str, Enum):
+    """Why a conv was left unchanged. The value is the stable key written to ``config.json``;
+    :attr:`explanation` is the sentence for people."""
+
+    NEVER_CALLED = "never_called"
+    USED_FUNCTIONALLY = "weight_used_functionally"
+    POINTWISE = "pointwise"
+    NOT_TARGETED = "not_targeted"
+    EXCLUDED = "excluded"
+    ANISOTROPIC_DILATION = "anisotropic_dilation"
+    INSIDE_NONLOCAL = "inside_nonlocal"
+    FUNCTIONAL_IN_MODULE_MODE = "functional_in_module_mode"
+    UNKNOWN_CHANNELS = "unknown_channels"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __hash__(self) -> int:  # Enum hashes the member name; hash the value so "key" lookups work
+        return hash(self.value)
+
+    @property
+    def explanation(self) -> str:
+        return _EXPLANATIONS[self]
+
+    @classmethod
+    def parse(cls, text: str) -> "SkipReason":
+        """A reason from its value or from its explanation (the key reports used to be written
+        with, before reasons had stable values); anything else is a ``ValueError``."""
+        for reason in cls:
+            if text in (reason.value, reason.explanation):
+                return reason
+        raise ValueError(f"unknown skip reason {text!r}; known reasons are {[r.value for r in cls]}")
+
+
+_EXPLANATIONS = {
+    SkipReason.NEVER_CALLED: "never called in forward",
+    SkipReason.USED_FUNCTIONALLY: "weight used by a functional conv2d call site",
+    SkipReason.POINTWISE: "pointwise 1x1 (include_pointwise=False)",
+    SkipReason.NOT_TARGETED: "not in target_modules",
+    SkipReason.EXCLUDED: "in exclude_modules",
+    SkipReason.ANISOTROPIC_DILATION: "dilation differs per axis (ar_dilation='match' needs equal)",
+    SkipReason.INSIDE_NONLOCAL: "inside a NonLocal2d block",
+    SkipReason.FUNCTIONAL_IN_MODULE_MODE: "functional conv2d call site (converted only with mode='graph')",
+    SkipReason.UNKNOWN_CHANNELS: "output channels unknown (pass example_inputs)",
+}
 
 
 @dataclass
 class ConvEntry:
-    """One 2-D conv: a module (``kind="module"``) or a functional ``F.conv2d`` call site."""
+    """One 2-D conv: a module (``kind="module"``) or a functional ``F.conv2d`` call site.
+    ``reason`` is set exactly when ``status`` is ``SKIPPED``."""
 
     name: str
     kind: str
@@ -21,8 +83,32 @@ class ConvEntry:
     groups: int | None
     dilation: tuple[int, int] | None
     calls: int | None
-    status: str
-    reason: str = ""
+    status: ConvStatus
+    reason: SkipReason | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(status=self.status.value, reason=None if self.reason is None else self.reason.value)
+        for key in ("kernel", "dilation"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ConvEntry":
+        _check_keys("ConvEntry", data, [f.name for f in dataclasses.fields(cls)])
+        values = dict(data)
+        for key in ("kernel", "dilation"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        try:
+            values["status"] = ConvStatus(values["status"])
+        except ValueError:
+            raise ValueError(f"ConvEntry {values.get('name')!r}: unknown status {values['status']!r}; "
+                             f"known statuses are {[s.value for s in ConvStatus]}") from None
+        # reports written before reasons were an enum use "" for "no reason"
+        values["reason"] = SkipReason.parse(values["reason"]) if values.get("reason") else None
+        return cls(**values)
 
 
 @dataclass
@@ -45,31 +131,51 @@ class ConversionReport:
 
     @property
     def converted(self) -> int:
-        return sum(e.status == CONVERTED for e in self.entries)
+        return sum(e.status == ConvStatus.CONVERTED for e in self.entries)
 
     @property
     def already_converted(self) -> int:
-        return sum(e.status == ALREADY for e in self.entries)
+        return sum(e.status == ConvStatus.ALREADY for e in self.entries)
 
     @property
-    def skipped(self) -> dict[str, int]:
+    def skipped(self) -> dict[SkipReason, int]:
         """Number of skipped convs per reason."""
-        return dict(Counter(e.reason for e in self.entries if e.status == SKIPPED))
+        return dict(Counter(e.reason for e in self.entries if e.status == ConvStatus.SKIPPED))
 
     @property
     def changed(self) -> bool:
         return self.converted > 0 or bool(self.nonlocal_inserted)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: plain dicts, lists, strings and numbers."""
-        out = asdict(self)
-        for e in out["entries"]:
-            for key in ("kernel", "dilation"):
-                if e[key] is not None:
-                    e[key] = list(e[key])
-        out.update(converted=self.converted, already_converted=self.already_converted,
-                   skipped=self.skipped)
+        """JSON-safe: plain dicts, lists, strings and numbers; reasons by their stable values."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.update(untraceable=dict(self.untraceable), entries=[e.to_dict() for e in self.entries],
+                   nonlocal_inserted=list(self.nonlocal_inserted), converted=self.converted,
+                   already_converted=self.already_converted,
+                   skipped={reason.value: n for reason, n in self.skipped.items()})
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ConversionReport":
+        """Inverse of :meth:`to_dict`. Also reads reports whose skip reasons are the prose
+        explanations (written before reasons had stable values). The counts ``to_dict`` adds are
+        recomputed from the entries, so they must agree with them."""
+        derived = ("converted", "already_converted", "skipped")
+        own = [f.name for f in dataclasses.fields(cls)]
+        _check_keys("ConversionReport", data, own + list(derived))
+        missing = [k for k in ("mode", "traced") if k not in data]
+        if missing:
+            raise ValueError(f"ConversionReport.from_dict: missing keys {missing}")
+        values = {k: v for k, v in data.items() if k in own}
+        values["entries"] = [ConvEntry.from_dict(e) for e in data.get("entries", [])]
+        report = cls(**values)
+        recomputed = {"converted": report.converted, "already_converted": report.already_converted,
+                      "skipped": {SkipReason.parse(k): n for k, n in data.get("skipped", {}).items()}}
+        for key in derived:
+            if key in data and recomputed[key] != getattr(report, key):
+                raise ValueError(f"ConversionReport.from_dict: {key!r} is {data[key]!r} but the entries "
+                                 f"give {getattr(report, key)!r}")
+        return report
 
     def summary(self) -> str:
         how = "traced with torch.fx" if self.traced else f"module walk (trace failed: {self.trace_error})"
@@ -78,7 +184,8 @@ class ConversionReport:
         parts = [f"{self.converted} converted"]
         if self.already_converted:
             parts.append(f"{self.already_converted} already ARMA")
-        parts += [f"{n} skipped ({reason})" for reason, n in sorted(self.skipped.items())]
+        parts += [f"{n} skipped ({reason.explanation})"
+                  for reason, n in sorted(self.skipped.items(), key=lambda item: item[0].explanation)]
         text = f"armafy [{self.mode} mode, {how}]: {len(self.entries)} convs: " + ", ".join(parts)
         text += f"; {self.ar_params_added} AR parameters added"
         if self.nonlocal_inserted:
@@ -88,17 +195,22 @@ class ConversionReport:
         return text
 
     def __str__(self) -> str:
-        header = ("name", "type", "kernel", "groups", "dilation", "calls", "status")
-        rows = [header]
-        for e in self.entries:
-            status = e.status if not e.reason else f"{e.status}: {e.reason}"
-            rows.append((e.name, e.type, _fmt(e.kernel), str(e.groups), _fmt(e.dilation),
-                         "?" if e.calls is None else str(e.calls), status))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines + [self.summary()])
+        rows = [(e.name, e.type, _pair_text(e.kernel), e.groups, _pair_text(e.dilation),
+                 "?" if e.calls is None else e.calls,
+                 e.status.value if e.reason is None else f"{e.status.value}: {e.reason.explanation}")
+                for e in self.entries]
+        table = format_table(("name", "type", "kernel", "groups", "dilation", "calls", "status"), rows,
+                             markdown=False)
+        return table + "\n" + self.summary()
 
 
-def _fmt(pair: tuple[int, int] | None) -> str:
+def _pair_text(pair: tuple[int, int] | None) -> str:
     return "?" if pair is None else "x".join(map(str, pair))
+
+
+def _check_keys(what: str, data: Any, allowed: list[str]) -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what}.from_dict expects a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ValueError(f"{what}.from_dict: unknown keys {unknown}; allowed keys are {allowed}")

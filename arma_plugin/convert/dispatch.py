@@ -1,0 +1,77 @@
+"""Which ARMA module a conv module becomes (PEFT's dispatch pattern: first match wins).
+
+Each ``dispatch_*`` function takes a conv module and the :class:`ARMAConfig` and returns the
+module that replaces it (possibly the conv itself, changed in place), or ``None`` when it does
+not handle that kind of conv. :data:`DISPATCHERS` is tried in order; a new conv type gets
+its own dispatcher in that list instead of another type check in the converter.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..layers.arma_conv import ARMAConv2d
+from ..layers.autoregressive import AutoRegressive2d
+from .config import ARMAConfig
+from .output_subclass import AROutputMixin, attach_output_child
+from .tracing import CONV_LIKE
+
+Dispatcher = Callable[[nn.Module, ARMAConfig], "nn.Module | None"]
+
+
+def pair(value: Any) -> tuple[int, int]:
+    """A conv's ``kernel_size`` / ``dilation`` as ``(h, w)``."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def ar_dilation(conv_dilation: tuple[int, int], config: ARMAConfig) -> int:
+    """The AR taps' dilation: the conv's own with ``ar_dilation="match"``, else the config's."""
+    return conv_dilation[0] if config.ar_dilation == "match" else config.ar_dilation
+
+
+def new_ar(channels: int, dilation: tuple[int, int], like: torch.Tensor, training: bool,
+           config: ARMAConfig) -> AutoRegressive2d:
+    """The AR solve (identity at init) to follow a conv with ``channels`` outputs, on ``like``'s
+    device and dtype."""
+    ar = AutoRegressive2d(channels, config.ar_kernel_size, config.boundary, config.reparam,
+                          ar_dilation(dilation, config))
+    return ar.to(device=like.device, dtype=like.dtype).train(training)
+
+
+def new_ar_for(conv: nn.Module, config: ARMAConfig) -> AutoRegressive2d:
+    """:func:`new_ar` for a conv module (its output channels, dilation, device, dtype, mode)."""
+    return new_ar(conv.out_channels, pair(conv.dilation), conv.weight, conv.training, config)
+
+
+def dispatch_conv2d(conv: nn.Module, config: ARMAConfig) -> nn.Module | None:
+    """A plain ``nn.Conv2d`` becomes an :class:`ARMAConv2d` holding the same ``Parameter``
+    objects (weights tied between convs stay tied)."""
+    if type(conv) is not nn.Conv2d:
+        return None
+    new = ARMAConv2d.from_conv(conv, ar_kernel_size=config.ar_kernel_size, boundary=config.boundary,
+                               reparam=config.reparam, ar_dilation=ar_dilation(pair(conv.dilation), config))
+    new.weight, new.bias = conv.weight, conv.bias
+    return new
+
+
+def dispatch_conv_subclass(conv: nn.Module, config: ARMAConfig) -> nn.Module | None:
+    """A ``Conv2d`` subclass (``Conv2dSame``, ``StdConv2d``, ...) or timm's ``CondConv2d`` keeps its
+    class and ``forward`` and gains an ``ar`` child (see ``output_subclass``), in place."""
+    if not isinstance(conv, CONV_LIKE):
+        return None
+    return attach_output_child(conv, AROutputMixin, new_ar_for(conv, config))
+
+
+DISPATCHERS: list[Dispatcher] = [dispatch_conv2d, dispatch_conv_subclass]
+
+
+def convert_conv(conv: nn.Module, config: ARMAConfig) -> nn.Module:
+    """The ARMA version of ``conv`` from the first dispatcher that handles it."""
+    for dispatch in DISPATCHERS:
+        new = dispatch(conv, config)
+        if new is not None:
+            return new
+    raise TypeError(f"armafy cannot convert a {type(conv).__name__}; supported: nn.Conv2d, its subclasses "
+                    f"and {', '.join(t.__name__ for t in CONV_LIKE[1:]) or 'no other type'}")
