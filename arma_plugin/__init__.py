@@ -2,10 +2,15 @@
 from .layers import ARMAConv2d, AutoRegressive2d
 from .layers.nonlocal_block import NonLocal2d
 from .convert import ARMAConfig, ConversionReport, ar_parameters, armafy, non_ar_parameters
-from .hub import from_pretrained, push_to_hub, save_pretrained
+from .hub import (CheckpointError, CheckpointMismatchError, CheckpointNotFoundError,
+                  CorruptCheckpointError, IncompatibleCheckpointError, UnknownArchitectureError,
+                  UnsafeCheckpointError, from_pretrained, push_to_hub, save_pretrained)
 
 __version__ = "0.1.0"
 
 __all__ = ["ARMAConv2d", "AutoRegressive2d", "__version__",
            "armafy", "ARMAConfig", "ConversionReport", "NonLocal2d", "ar_parameters", "non_ar_parameters",
-           "save_pretrained", "from_pretrained", "push_to_hub"]
+           "save_pretrained", "from_pretrained", "push_to_hub",
+           "CheckpointError", "CheckpointNotFoundError", "IncompatibleCheckpointError",
+           "CorruptCheckpointError", "CheckpointMismatchError", "UnknownArchitectureError",
+           "UnsafeCheckpointError"]

@@ -1,9 +1,6 @@
-"""Checkpoints: save_pretrained -> from_pretrained, the Hub cache, push_to_hub, model cards, bad input."""
+"""Checkpoints: save_pretrained -> from_pretrained, the Hub cache, push_to_hub, bad input."""
 from __future__ import annotations
 
-import functools
-import json
-import re
 import shutil
 from pathlib import Path
 
@@ -13,94 +10,15 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn as nn
-import yaml
 
 import arma_plugin.hub as hub
+import arma_plugin.hub.pretrained
 from arma_plugin import ARMAConfig, armafy, from_pretrained, push_to_hub, save_pretrained
 from arma_plugin.hub import (CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError,
                              IncompatibleCheckpointError, UnknownArchitectureError,
                              UnsafeCheckpointError)
-
-
-class TinyNet(nn.Module):
-    """A model neither timm nor SMP knows; ``tie`` shares the weight of two 1x1 convs (not armafied)."""
-
-    def __init__(self, channels: int = 4, tie: bool = False) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.mix1 = nn.Conv2d(channels, channels, 1)
-        self.mix2 = nn.Conv2d(channels, channels, 1)
-        if tie:
-            self.mix2.weight = self.mix1.weight
-        self.head = nn.Conv2d(channels, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.head(self.mix2(torch.relu(self.mix1(x))))
-
-
-TINY = f"{TinyNet.__module__}:TinyNet"
-
-# name -> (builder, save kwargs, input shape). resnet18 and a Unet are the issue's round-trip models;
-# the others keep the many small tests fast. ``zero_init_last=False``: timm zero-initialises each
-# ResNet block's last BN, which would leave the block's alpha without gradient in the first step.
-MODELS = {
-    "timm-resnet18": (lambda: timm.create_model("resnet18", pretrained=False, num_classes=5, zero_init_last=False),
-                      {}, (2, 3, 32, 32)),
-    "timm-test_resnet": (lambda: timm.create_model("test_resnet", pretrained=False, num_classes=4,
-                                                   zero_init_last=False), {}, (2, 3, 32, 32)),
-    "smp-unet": (lambda: smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, classes=2,
-                                  decoder_channels=(32, 16, 8)), {}, (2, 3, 32, 32)),
-    "factory-tinynet": (lambda: TinyNet(), {"model_factory": TINY, "model_kwargs": {"channels": 4}},
-                        (2, 3, 16, 16)),
-    "factory-tied": (lambda: TinyNet(tie=True),
-                     {"model_factory": TinyNet, "model_kwargs": {"channels": 4, "tie": True}}, (2, 3, 16, 16)),
-}
-
-
-@functools.lru_cache(maxsize=None)  # tests only read it; training once per model keeps CI short
-def trained_arma(name: str) -> tuple[nn.Module, dict, torch.Tensor]:
-    """An armafied model after one SGD step, so every used ``alpha`` is non-zero; in eval mode.
-
-    "Used": an SMP encoder of depth 3 keeps its deeper stages, which forward never reaches (their
-    grad stays ``None``).
-    """
-    build, save_kwargs, shape = MODELS[name]
-    torch.manual_seed(0)
-    model = armafy(build())
-    x = torch.randn(shape)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    model(x).square().mean().backward()
-    opt.step()
-    alphas = [p for n, p in model.named_parameters() if n.endswith("alpha") and p.grad is not None]
-    assert alphas and all(a.abs().sum() > 0 for a in alphas), "training must move every used alpha"
-    return model.eval(), save_kwargs, x
-
-
-def states_equal(a: nn.Module, b: nn.Module) -> bool:
-    """Same keys in the same order, every tensor equal bit for bit."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A saved timm test_resnet checkpoint; tests copy it before damaging it."""
-    model, save_kwargs, _ = trained_arma("timm-test_resnet")
-    return save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny", **save_kwargs)
-
-
-def copy_of(checkpoint: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(checkpoint, tmp_path / "copy"))
-
-
-def edit_config(directory: Path, edit) -> None:
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    edit(config)
-    path.write_text(json.dumps(config))
+from hub_models import (TINY, TinyNet, copy_of, edit_config, states_equal, tiny_checkpoint,  # noqa: F401
+                        trained_arma)
 
 
 @pytest.mark.parametrize("name", ["timm-resnet18", "smp-unet", "factory-tinynet", "factory-tied"])
@@ -169,7 +87,7 @@ def test_fake_hub_cache_offline(tiny_checkpoint, tmp_path, monkeypatch):
         requested.append((filename, kwargs["revision"]))
         return huggingface_hub.hf_hub_download(repo_id, filename, **kwargs)
 
-    monkeypatch.setattr(hub, "hf_hub_download", recording_download)
+    monkeypatch.setattr(arma_plugin.hub.pretrained, "hf_hub_download", recording_download)
 
     for rev in (None, revision):
         requested.clear()
@@ -203,7 +121,7 @@ class FakeHfApi:
 
 
 def test_push_to_hub_uploads_the_three_files(tiny_checkpoint, monkeypatch, tmp_path):
-    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(arma_plugin.hub.pretrained, "HfApi", FakeHfApi)
     FakeHfApi.calls = []
     model = from_pretrained(tiny_checkpoint)
 
@@ -220,45 +138,6 @@ def test_push_to_hub_uploads_the_three_files(tiny_checkpoint, monkeypatch, tmp_p
         (tmp_path / name).write_bytes(data)
     reloaded = from_pretrained(tmp_path)
     assert states_equal(reloaded, model)
-
-
-def split_card(text: str) -> tuple[dict, str]:
-    match = re.match(r"---\n(.*?)\n---\n(.*)", text, re.S)
-    assert match, "the card must start with YAML front-matter between --- lines"
-    return yaml.safe_load(match.group(1)), match.group(2)
-
-
-@pytest.mark.parametrize("name, library_tag, task", [("timm-test_resnet", "timm", "image-classification"),
-                                                     ("smp-unet", "segmentation-models-pytorch",
-                                                      "image-segmentation"),
-                                                     ("factory-tinynet", None, None)])
-def test_model_card_front_matter_and_load_snippet(name, library_tag, task, tmp_path):
-    model, save_kwargs, x = trained_arma(name)
-    metrics = "| split | top-1 |\n|---|---|\n| val | 0.123 |"
-    directory = save_pretrained(model, tmp_path / name, **save_kwargs, metrics=metrics,
-                                license="mit", base_model="timm/resnet18.a1_in1k", tags=["demo"])
-    front, body = split_card((directory / "README.md").read_text())
-
-    assert front["library_name"] == "arma-plugin" and front["license"] == "mit"
-    assert front["base_model"] == "timm/resnet18.a1_in1k"
-    assert {"arma", "demo"} <= set(front["tags"])
-    assert (library_tag in front["tags"]) if library_tag else not {"timm", "segmentation-models-pytorch"} & set(front["tags"])
-    assert front.get("pipeline_tag") == task
-    assert metrics in body
-    assert f"| convolutions converted | {model.arma_report.converted} |" in body
-    assert f"| AR parameters added | {model.arma_report.ar_params_added} |" in body
-
-    snippet = re.search(r"```python\n(.*?)```", body, re.S).group(1)
-    namespace: dict = {}
-    exec(snippet, namespace)
-    with torch.no_grad():
-        assert torch.equal(namespace["model"](x), model(x))
-
-
-def test_model_card_without_license_or_metrics_says_so(tiny_checkpoint):
-    front, body = split_card((tiny_checkpoint / "README.md").read_text())
-    assert front["license"] == "other" and "base_model" not in front
-    assert "No evaluation results were supplied" in body and "did not state a license" in body
 
 
 def test_plain_timm_and_smp_directories_are_armafied_with_armafy_base(tmp_path):

@@ -1,0 +1,84 @@
+"""The checkpoint directory's layout: its file names and what ``config.json`` holds.
+
+``config.json`` (format version :data:`FORMAT_VERSION`)::
+
+    {"arma_plugin_format": 1, "arma_plugin_version": "0.1.0",
+     "save_id": "<32 hex digits, also in model.safetensors' metadata>",
+     "base": {"library": ..., "architecture": ..., "model_args": {...}, "pretrained_cfg": {...}},
+     "arma_config": {...ARMAConfig...}, "conversion": {...ConversionReport...}}
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..convert import ARMAConfig
+from .base_spec import BaseSpec
+from .errors import CorruptCheckpointError, IncompatibleCheckpointError
+
+__all__ = ["FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "PICKLE_SUFFIXES",
+           "SAVE_ID_KEY", "MAX_CONFIG_DEPTH", "package_version", "read_config", "parse_arma_config"]
+
+FORMAT_VERSION = 1
+"""Version of the ``config.json`` layout; a file with a larger number is refused."""
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# A fresh random id per save, written to config.json and to model.safetensors' metadata: weights
+# whose id differs from the config's (an interrupted save) are refused (weights.read_weights).
+SAVE_ID_KEY = "save_id"
+# Real configs nest a few levels (timm block args); a deeper one is refused before any recursion.
+MAX_CONFIG_DEPTH = 32
+
+
+def package_version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """``config.json`` as a dict, refused as corrupt if unreadable or nested too deep."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(path, f"is not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise CorruptCheckpointError(path, f"is nested deeper than {MAX_CONFIG_DEPTH} levels") from err
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(path, f"must hold a JSON object, got {type(data).__name__}")
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise CorruptCheckpointError(path, f"is nested deeper than {MAX_CONFIG_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return data
+
+
+def parse_arma_config(config: dict[str, Any], path: str) -> tuple[BaseSpec, ARMAConfig]:
+    """The base spec and the ARMA config of an arma-plugin ``config.json``."""
+    version = config.get("arma_plugin_format")
+    if version is None:
+        if "architecture" in config or "_model_class" in config:
+            raise IncompatibleCheckpointError(path, "is a plain timm/SMP checkpoint, not an ARMA one; "
+                                                    "load it with from_pretrained(..., armafy_base=True)")
+        raise IncompatibleCheckpointError(path, "is not an arma-plugin config (no 'arma_plugin_format')")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CorruptCheckpointError(path, f"'arma_plugin_format' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise IncompatibleCheckpointError(
+            path, f"format version {version} was written by arma-plugin "
+                  f"{config.get('arma_plugin_version', '?')}; this arma-plugin {package_version()} "
+                  f"reads versions <= {FORMAT_VERSION}: upgrade arma-plugin")
+    for key in ("base", "arma_config"):
+        if key not in config:
+            raise CorruptCheckpointError(path, f"missing the '{key}' field")
+    try:
+        arma_config = ARMAConfig.from_dict(config["arma_config"])
+    except (TypeError, ValueError) as err:
+        raise CorruptCheckpointError(path, f"invalid 'arma_config': {err}") from err
+    return BaseSpec.from_dict(config["base"], path), arma_config

@@ -1,0 +1,126 @@
+"""The model class named by a ``factory`` checkpoint, found without running the checkpoint's code.
+
+A ``config.json`` names the class to rebuild as ``"package.module:Class"``. Importing a module
+runs it, so a name read from a file is imported only when its code is already trusted, the way
+``transformers`` refuses repository code unless ``trust_remote_code=True``. The rule, checked
+for the module and every package above it before anything is imported:
+
+* a module already imported in this process is used as it is (importing it runs nothing);
+* otherwise its top-level package must be provided by an installed distribution
+  (``importlib.metadata``) and must not be found in the current directory (a file there would
+  shadow the installed package), unless the caller names that package in ``trust_factories``;
+* in every case, nothing is imported from the checkpoint's own directory or the Hub cache.
+
+Only then is the module imported, and the object it names must be an ``nn.Module`` subclass:
+a class constructor is the only thing a checkpoint may call.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch.nn as nn
+
+from .errors import UnknownArchitectureError, UnsafeCheckpointError
+
+__all__ = ["ImportPolicy", "import_path", "resolve_factory"]
+
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def import_path(cls: type) -> str:
+    """``"package.module:Class"`` for a class, as ``save_pretrained`` records it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+@dataclass(frozen=True)
+class ImportPolicy:
+    """Which modules a checkpoint's factory may be imported from (see the module docstring).
+
+    ``trusted``: top-level package names the caller vouches for (``trust_factories``);
+    ``untrusted_dirs``: the checkpoint's directory and the Hub cache, never imported from.
+    """
+
+    trusted: frozenset[str] = frozenset()
+    untrusted_dirs: tuple[Path, ...] = ()
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint_dir: str | os.PathLike, hub_cache: str | os.PathLike,
+                       trusted: Iterable[str]) -> "ImportPolicy":
+        return cls(frozenset(trusted), (Path(checkpoint_dir).resolve(), Path(hub_cache).resolve()))
+
+    def check(self, module_name: str, where: str | os.PathLike) -> None:
+        """Raise :class:`UnsafeCheckpointError` unless importing ``module_name`` is allowed.
+
+        ``find_spec`` locates a module without running it (it imports the parent packages,
+        which the previous iterations allowed).
+        """
+        parts = module_name.split(".")
+        top = parts[0]
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            if name in sys.modules:
+                continue
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError) as err:
+                raise UnknownArchitectureError(where, f"cannot find model factory module {name!r}: "
+                                                      f"{err}") from err
+            if spec is None:
+                raise UnknownArchitectureError(where, f"cannot find model factory module {name!r}")
+            for location in _locations(spec):
+                if any(location.is_relative_to(d) for d in self.untrusted_dirs):
+                    raise UnsafeCheckpointError(where, f"model factory module {name!r} is found in "
+                                                       f"{location}, inside the checkpoint or the Hub "
+                                                       "cache; code is never imported from there")
+            if depth == 1 and top not in self.trusted:
+                self._check_installed(top, spec, where)
+
+    def _check_installed(self, top: str, spec: Any, where: str | os.PathLike) -> None:
+        hint = (f"if you trust it, pass trust_factories=({top!r},) to from_pretrained, or import "
+                f"{top} yourself first")
+        if top not in importlib.metadata.packages_distributions():
+            raise UnsafeCheckpointError(where, f"model factory module {top!r} is not an installed "
+                                               f"package and is not imported yet; {hint}")
+        cwd = Path.cwd().resolve()
+        if any(location.parent == cwd for location in _locations(spec)):
+            raise UnsafeCheckpointError(where, f"model factory module {top!r} would be imported from "
+                                               f"the current directory {cwd}, not from the installed "
+                                               f"package; {hint}")
+
+
+def _locations(spec: Any) -> list[Path]:
+    """The file and package directories a module would be loaded from (none for built-ins)."""
+    locations = [spec.origin] if spec.has_location and spec.origin else []
+    locations += list(spec.submodule_search_locations or [])
+    return [Path(p).resolve() for p in locations]
+
+
+def resolve_factory(path: Any, where: str | os.PathLike, policy: ImportPolicy | None) -> type:
+    """The ``nn.Module`` subclass named by ``"package.module:Class"``.
+
+    ``policy=None`` imports freely: for ``save_pretrained``, where the caller names the class.
+    """
+    module_name, sep, qualname = path.partition(":") if isinstance(path, str) else ("", "", "")
+    if not (sep and _DOTTED_NAME.fullmatch(module_name) and _DOTTED_NAME.fullmatch(qualname)):
+        raise UnknownArchitectureError(where, f"model factory {path!r} must look like "
+                                              "'package.module:Class' (dotted Python names)")
+    if policy is not None:
+        policy.check(module_name, where)
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise UnknownArchitectureError(where, f"cannot import model factory {path!r}: {err}") from err
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise UnknownArchitectureError(where, f"model factory {path!r} is not an nn.Module subclass; "
+                                              "only model classes are called when loading")
+    return obj

@@ -1,0 +1,237 @@
+"""save_pretrained / from_pretrained / push_to_hub: an ARMA model to a directory or the Hub and back."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError
+
+from ..convert import ARMAConfig, armafy
+from .base_spec import base_spec_from_library_config, base_spec_of, build_base
+from .card import build_model_card, check_card_fields
+from .checkpoint_format import (CARD_NAME, CONFIG_NAME, FORMAT_VERSION, PICKLE_SUFFIXES, SAVE_ID_KEY,
+                                WEIGHTS_NAME, package_version, parse_arma_config, read_config)
+from .errors import CheckpointMismatchError, CheckpointNotFoundError, UnsafeCheckpointError
+from .factory import ImportPolicy
+from .weights import load_weights, read_weights, save_weights
+
+__all__ = ["save_pretrained", "from_pretrained", "push_to_hub"]
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
+                    model_factory: str | type | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None,
+                    model_card: bool = True, **card_fields: Any) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and (``model_card=True``) ``README.md``.
+
+    Args:
+        model: a model returned by :func:`~arma_plugin.armafy` (it carries ``arma_config`` and
+            ``arma_report``), possibly fine-tuned since.
+        save_directory: created if missing; existing files of the same names are replaced,
+            other files are left alone.
+        model_factory: for a model that is neither timm nor SMP: the ``nn.Module`` subclass to
+            rebuild it, as ``"package.module:Class"`` or the class itself. Only classes are
+            accepted: a ``config.json`` from the Hub names what ``from_pretrained`` calls, and a
+            class constructor is the only thing it may call.
+        model_kwargs: JSON-able constructor arguments; for timm/SMP models they replace the
+            ones read from the model (e.g. a serialisable stand-in for a layer class).
+        model_card: also write the model card ``README.md``.
+        **card_fields: model-card fields, any of ``repo_id`` (used in the load line; default the
+            directory), ``license``, ``base_model``, ``tags``, ``datasets``, ``pipeline_tag``,
+            ``metrics`` (a markdown string of *measured* results), ``description``.
+
+    Tied or shared parameters are stored once, as ``safetensors.torch.save_model`` does.
+
+    Interrupted saves: every file is first written in full under a temporary name, then renamed
+    into place (weights, config, card). ``config.json`` and ``model.safetensors`` carry the same
+    fresh save id, and :func:`from_pretrained` refuses a pair whose ids differ, so an interrupted
+    save loads as the previous model or raises :class:`CorruptCheckpointError`, never as a mix.
+    Returns the directory.
+    """
+    check_card_fields(card_fields)
+    arma_config, report = _arma_attributes(model)
+    spec = base_spec_of(model, model_factory, model_kwargs)
+    config = {
+        "arma_plugin_format": FORMAT_VERSION,
+        "arma_plugin_version": package_version(),
+        SAVE_ID_KEY: uuid.uuid4().hex,
+        "base": spec.to_dict(),
+        "arma_config": arma_config.to_dict(),
+        "conversion": report.to_dict(),
+    }
+    writers = {WEIGHTS_NAME: lambda path: save_weights(model, path, config[SAVE_ID_KEY]),
+               CONFIG_NAME: lambda path: path.write_text(json.dumps(config, indent=2) + "\n",
+                                                         encoding="utf-8")}
+    if model_card:
+        writers[CARD_NAME] = build_model_card(config, **{"repo_id": str(save_directory),
+                                                         **card_fields}).save
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = {name: directory / f".{name}.tmp" for name in writers}
+    try:
+        for name, write in writers.items():
+            write(staged[name])
+        for name, path in staged.items():  # weights first: see "Interrupted saves" above
+            os.replace(path, directory / name)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+    return directory
+
+
+def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None,
+                token: str | bool | None = None,
+                commit_message: str = "Upload ARMA model with arma-plugin",
+                **save_kwargs: Any):
+    """Save ``model`` as in :func:`save_pretrained` to a temporary folder and upload it.
+
+    The repository is created if missing (``exist_ok=True``; ``private`` applies only then).
+    ``save_kwargs`` go to :func:`save_pretrained`; the card's load line uses the full repo id
+    (``namespace/name``) the Hub returns. Returns ``upload_folder``'s ``CommitInfo``.
+    """
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    full_id = getattr(repo_url, "repo_id", None) or repo_id
+    save_kwargs["repo_id"] = full_id
+    with tempfile.TemporaryDirectory(prefix="arma-plugin-push-") as tmp:
+        save_pretrained(model, tmp, **save_kwargs)
+        return api.upload_folder(repo_id=full_id, folder_path=tmp, repo_type="model",
+                                 commit_message=commit_message)
+
+
+def _arma_attributes(model: nn.Module):
+    arma_config = getattr(model, "arma_config", None)
+    report = getattr(model, "arma_report", None)
+    if not isinstance(arma_config, ARMAConfig) or report is None:
+        raise ValueError("save_pretrained: the model has no 'arma_config'/'arma_report' attributes; "
+                         "save a model returned by arma_plugin.armafy(model)")
+    return arma_config, report
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None = None,
+                    cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                    token: str | bool | None = None, map_location: str | torch.device = "cpu",
+                    strict: bool = True, armafy_base: bool = False,
+                    arma_config: ARMAConfig | None = None, trust_factories: Iterable[str] = (),
+                    **overrides: Any) -> nn.Module:
+    """Load an ARMA model saved by :func:`save_pretrained` / :func:`push_to_hub`.
+
+    Args:
+        repo_id_or_path: a local directory, or a Hub repo id resolved with
+            ``huggingface_hub.hf_hub_download`` (honours ``HF_HUB_OFFLINE`` and the cache).
+        revision, cache_dir, local_files_only, token: passed to ``hf_hub_download``.
+        map_location: device the returned model lives on.
+        strict: refuse missing or unexpected state-dict keys (shape mismatches are always refused).
+        armafy_base: the directory is a plain timm (``save_for_hf``/``push_to_hf_hub``) or SMP
+            (``save_pretrained``) checkpoint: load it as the base, then armafy it with
+            ``arma_config`` (default ``ARMAConfig()``), giving an ARMA model equal to the base.
+        arma_config: only with ``armafy_base=True``; an ARMA checkpoint uses its saved config.
+        trust_factories: top-level package names (e.g. ``("mypkg",)``) from which a ``factory``
+            checkpoint's model class may be imported although they are not installed packages
+            (or are found in the current directory). Never the checkpoint's directory or the
+            Hub cache. See :mod:`arma_plugin.hub.factory` for the rule.
+        **overrides: constructor arguments replacing the saved ones. A different head size
+            (timm ``num_classes``, SMP ``classes``) re-heads the model the way timm does: the
+            classifier / segmentation head starts fresh, every other weight is loaded.
+
+    Nothing is downloaded or read but the checkpoint: the base is always built without
+    pretrained weights, and arguments that would fetch weights are refused
+    (:mod:`arma_plugin.hub.base_spec`). The model is returned in eval mode, fully loaded or not
+    at all: every failure caused by the checkpoint's content raises a :class:`CheckpointError`
+    subclass naming the file.
+    """
+    if arma_config is not None and not armafy_base:
+        raise ValueError("from_pretrained: arma_config is only used with armafy_base=True; an ARMA "
+                         "checkpoint is rebuilt with the ARMAConfig saved in its config.json")
+    if arma_config is not None and not isinstance(arma_config, ARMAConfig):
+        raise ValueError(f"from_pretrained: arma_config must be an ARMAConfig or None, got {arma_config!r}")
+    if isinstance(trust_factories, str) or not all(isinstance(p, str) for p in trust_factories):
+        raise ValueError(f"from_pretrained: trust_factories must be a list of package names, "
+                         f"got {trust_factories!r}")
+    fetch = _file_fetcher(repo_id_or_path, revision=revision, cache_dir=cache_dir,
+                          local_files_only=local_files_only, token=token)
+    config_path = fetch(CONFIG_NAME)
+    config = read_config(config_path)
+    policy = ImportPolicy.for_checkpoint(Path(config_path).parent,
+                                         cache_dir or hf_constants.HF_HUB_CACHE, trust_factories)
+    if armafy_base:
+        spec = base_spec_from_library_config(config, config_path)
+        model = build_base(spec, overrides, config_path, policy)
+        weights_path = fetch(WEIGHTS_NAME)
+        load_weights(model, read_weights(weights_path, config.get(SAVE_ID_KEY)), weights_path,
+                     spec, overrides, strict=strict)
+        model = armafy(model, arma_config or ARMAConfig(), inplace=True)
+    else:
+        spec, saved_config = parse_arma_config(config, config_path)
+        base = build_base(spec, overrides, config_path, policy)
+        try:
+            model = armafy(base, saved_config, inplace=True)
+        except (TypeError, ValueError) as err:
+            raise CheckpointMismatchError(config_path, f"its 'arma_config' does not fit the "
+                                                       f"rebuilt base model: {err}") from err
+        weights_path = fetch(WEIGHTS_NAME)
+        load_weights(model, read_weights(weights_path, config.get(SAVE_ID_KEY)), weights_path,
+                     spec, overrides, strict=strict)
+    return model.to(map_location).eval()
+
+
+def _file_fetcher(repo_id_or_path: str | os.PathLike, **hub_kwargs: Any):
+    """``fetch(filename) -> local path`` for a directory or a Hub repo, refusing pickles."""
+    source = Path(repo_id_or_path)
+    if source.is_file():
+        if source.suffix in PICKLE_SUFFIXES:
+            raise UnsafeCheckpointError(source, _PICKLE_REFUSAL)
+        raise CheckpointNotFoundError(source, "is a file; pass the directory that holds "
+                                              f"{CONFIG_NAME} and {WEIGHTS_NAME}")
+    if source.is_dir():
+        def fetch_local(filename: str) -> str:
+            path = source / filename
+            if path.is_file():
+                return str(path)
+            if filename == WEIGHTS_NAME:
+                pickles = sorted(p.name for p in source.iterdir() if p.suffix in PICKLE_SUFFIXES)
+                if pickles:
+                    raise UnsafeCheckpointError(source / pickles[0], _PICKLE_REFUSAL)
+            raise CheckpointNotFoundError(path, "missing")
+        return fetch_local
+
+    repo_id = str(repo_id_or_path)
+
+    def fetch_hub(filename: str) -> str:
+        try:
+            path = hf_hub_download(repo_id, filename, library_name="arma-plugin",
+                                   library_version=package_version(), **hub_kwargs)
+        except HFValidationError as err:
+            raise CheckpointNotFoundError(repo_id, "is neither a local directory nor a valid Hub "
+                                                   f"repo id ({err})") from err
+        except (EntryNotFoundError, HfHubHTTPError, OSError) as err:
+            hint = (f"; arma-plugin reads only {WEIGHTS_NAME} (pickle checkpoints are refused)"
+                    if filename == WEIGHTS_NAME else "")
+            raise CheckpointNotFoundError(f"{repo_id}/{filename}", "not a local directory, and not "
+                                          f"found on the Hub or in its cache{hint} "
+                                          f"({type(err).__name__}: {err})") from err
+        # later files come from the same commit, even if the repo is pushed to in between
+        snapshot = Path(path).parent.name
+        if re.fullmatch(r"[0-9a-f]{40}", snapshot):
+            hub_kwargs["revision"] = snapshot
+        return path
+    return fetch_hub
+
+
+_PICKLE_REFUSAL = (f"pickle checkpoints are refused: unpickling can run arbitrary code. Convert it "
+                   f"once, in a trusted environment, to {WEIGHTS_NAME} (safetensors.torch.save_file)")

@@ -1,0 +1,114 @@
+"""``model.safetensors``: written with a save id, read, checked against the model, then loaded.
+
+Safetensors only: pickle is never written or read. Every tensor is checked against the rebuilt
+model before anything is loaded, so a model is loaded fully or not at all.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+
+from .base_spec import HEAD_SIZE_ARG, SMP, SMP_HEAD_PREFIXES, BaseSpec
+from .checkpoint_format import CONFIG_NAME, SAVE_ID_KEY
+from .errors import CheckpointMismatchError, CorruptCheckpointError
+
+__all__ = ["save_weights", "read_weights", "load_weights"]
+
+_logger = logging.getLogger(__name__)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, save_id: str) -> None:
+    """Tied or shared parameters are stored once, as ``safetensors.torch.save_model`` does."""
+    safetensors.torch.save_model(model, str(path), metadata={"format": "pt", SAVE_ID_KEY: save_id})
+
+
+def read_weights(path: str | os.PathLike, save_id: Any) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``; refused if they carry a save id other than ``config.json``'s
+    (``save_id``, ``None`` if it has none). Weights without one (written before save ids, or
+    rewritten by another tool) are read: ``save_pretrained`` publishes the weights first, so an
+    interrupted save always leaves weights *with* an id beside the previous config."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CorruptCheckpointError(path, f"is not a readable safetensors file "
+                                           f"(truncated or corrupt?): {err}") from err
+    if SAVE_ID_KEY in metadata and metadata[SAVE_ID_KEY] != save_id:
+        raise CorruptCheckpointError(path, f"comes from another save than {CONFIG_NAME} (save id "
+                                           f"{metadata.get(SAVE_ID_KEY)!r} vs {save_id!r}): an "
+                                           "interrupted save_pretrained? Save the model again")
+    return tensors
+
+
+def _head_prefixes(model: nn.Module, spec: BaseSpec, overrides: Mapping[str, Any]) -> tuple[str, ...]:
+    """State-dict prefixes of the head that an explicit head-size override re-initialises."""
+    arg = HEAD_SIZE_ARG.get(spec.library)
+    if arg is None or arg not in overrides or overrides[arg] == spec.model_args.get(arg):
+        return ()
+    if spec.library == SMP:
+        return SMP_HEAD_PREFIXES
+    classifier = model.pretrained_cfg.get("classifier") or ()
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return tuple(n + "." for n in names)
+
+
+def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], weights_path: str,
+                 spec: BaseSpec, overrides: Mapping[str, Any], *, strict: bool) -> None:
+    """Check every tensor against ``model`` first, then load: nothing is loaded half-way."""
+    expected = model.state_dict()
+    aliases = _alias_groups(expected)
+    fresh_head = _head_prefixes(model, spec, overrides)
+    mismatched, reheaded = [], []
+    for name, tensor in tensors.items():
+        if name in expected and tensor.shape != expected[name].shape:
+            if name.startswith(fresh_head):
+                reheaded.append(name)
+            else:
+                mismatched.append(f"{name}: file {tuple(tensor.shape)} vs model {tuple(expected[name].shape)}")
+    if mismatched:
+        hint = HEAD_SIZE_ARG.get(spec.library)
+        hint = f"; to load with a different head size pass {hint}=... to from_pretrained" if hint else ""
+        raise CheckpointMismatchError(weights_path, f"{len(mismatched)} tensor(s) do not fit the model "
+                                      f"rebuilt from {CONFIG_NAME}: " + "; ".join(mismatched[:5]) + hint)
+    missing = [k for k in expected if k not in tensors and not any(a in tensors for a in aliases[k])]
+    unexpected = [k for k in tensors if k not in expected]
+    if fresh_head:  # a head that appears or disappears (timm num_classes=0) is re-headed too
+        reheaded += [k for k in missing + unexpected if k.startswith(fresh_head)]
+        missing = [k for k in missing if not k.startswith(fresh_head)]
+        unexpected = [k for k in unexpected if not k.startswith(fresh_head)]
+    if strict and (missing or unexpected):
+        raise CheckpointMismatchError(weights_path, f"keys do not match the model rebuilt from "
+                                      f"{CONFIG_NAME}: missing {missing[:5]} ({len(missing)}), "
+                                      f"unexpected {unexpected[:5]} ({len(unexpected)})")
+    if missing or unexpected:
+        _logger.warning("%s: strict=False: left %d missing key(s) at their init %s, ignored %d "
+                        "unexpected key(s) %s", weights_path, len(missing), missing[:5],
+                        len(unexpected), unexpected[:5])
+    if reheaded:
+        _logger.warning("%s: new head, freshly initialised: %s", weights_path, reheaded)
+    skip = set(unexpected) | set(reheaded)
+    try:
+        model.load_state_dict({k: v for k, v in tensors.items() if k not in skip}, strict=False)
+    except RuntimeError as err:  # shapes were checked above; a dtype that cannot be copied remains
+        raise CheckpointMismatchError(weights_path, f"cannot load into the rebuilt model: {err}") from err
+
+
+def _alias_groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """For each key, the other keys viewing the same memory (tied weights, stored once)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        if t.numel():
+            key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+            groups.setdefault(key, []).append(name)
+    out = {name: [] for name in state}
+    for names in groups.values():
+        for name in names:
+            out[name] = [n for n in names if n != name]
+    return out
