@@ -429,3 +429,72 @@ def test_graph_mode_takes_channels_from_example_inputs() -> None:
     assert [p.shape for p in ar_parameters(gm)] == [(6, 1, 4)]
     with torch.no_grad():
         assert relative_error(gm(x), model(x)) <= IDENTITY_TOL
+
+
+# ``report.to_dict()`` as written by armafy before skip reasons had stable values (prose keys)
+# for a model with a called 3x3 conv ``a``, a called 1x1 conv ``p`` and an unused 3x3 ``unused``.
+PROSE_KEYED_REPORT = {
+    "mode": "module", "traced": True, "trace_error": None, "untraceable": {},
+    "entries": [
+        {"name": "a", "kind": "module", "type": "Conv2d", "kernel": [3, 3], "groups": 1, "dilation": [1, 1],
+         "calls": 1, "status": "converted", "reason": ""},
+        {"name": "p", "kind": "module", "type": "Conv2d", "kernel": [1, 1], "groups": 1, "dilation": [1, 1],
+         "calls": 1, "status": "skipped", "reason": "pointwise 1x1 (include_pointwise=False)"},
+        {"name": "unused", "kind": "module", "type": "Conv2d", "kernel": [3, 3], "groups": 1, "dilation": [1, 1],
+         "calls": 0, "status": "skipped", "reason": "never called in forward"}],
+    "nonlocal_inserted": [], "ar_params_added": 16, "converted": 1, "already_converted": 0,
+    "skipped": {"pointwise 1x1 (include_pointwise=False)": 1, "never called in forward": 1},
+}
+
+
+def test_report_round_trips_through_json() -> None:
+    model, _ = tiny_and_input()
+    _, report = armafy(model, return_report=True)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert ConversionReport.from_dict(data) == report
+    assert ConversionReport.from_dict(data).to_dict() == data
+
+
+def test_report_reads_prose_keyed_reports() -> None:
+    report = ConversionReport.from_dict(PROSE_KEYED_REPORT)
+    assert [(e.name, e.status, e.reason) for e in report.entries] == [
+        ("a", "converted", None), ("p", "skipped", SkipReason.POINTWISE),
+        ("unused", "skipped", SkipReason.NEVER_CALLED)]
+    assert report.to_dict()["skipped"] == {"pointwise": 1, "never_called": 1}
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d["entries"][1].update(reason="too pointy"), "unknown skip reason 'too pointy'"),
+    (lambda d: d["entries"][0].update(status="half done"), "unknown status 'half done'"),
+    (lambda d: d.update(converted=3), "'converted' is 3 but the entries give 1"),
+    (lambda d: d["skipped"].update({"never called in forward": 2}), "'skipped'"),
+    (lambda d: d.update(extra=1), r"unknown keys \['extra'\]"),
+    (lambda d: d.pop("mode"), r"missing keys \['mode'\]"),
+])
+def test_report_from_dict_refuses_what_it_cannot_read(change, match: str) -> None:
+    data = copy.deepcopy(PROSE_KEYED_REPORT)
+    change(data)
+    with pytest.raises(ValueError, match=match):
+        ConversionReport.from_dict(data)
+
+
+def test_skip_reasons_have_stable_values_and_explanations() -> None:
+    # the values are written to config.json: changing one breaks reading saved checkpoints' reports
+    assert [r.value for r in SkipReason] == [
+        "never_called", "weight_used_functionally", "pointwise", "not_targeted", "excluded",
+        "anisotropic_dilation", "inside_nonlocal", "functional_in_module_mode", "unknown_channels"]
+    assert len({r.explanation for r in SkipReason}) == len(SkipReason)
+    assert all(SkipReason.parse(r.explanation) is r and SkipReason.parse(r.value) is r for r in SkipReason)
+    assert {SkipReason.POINTWISE: 1}.get("pointwise") == 1  # usable as its plain-string key
+
+
+def test_dispatch_first_match_wins_and_unknown_types_are_refused() -> None:
+    from arma_plugin.convert.dispatch import convert_conv
+
+    config = ARMAConfig()
+    plain = nn.Conv2d(2, 2, 3)
+    assert type(convert_conv(plain, config)) is ARMAConv2d  # a new module holding the same weight
+    same = Conv2dSame(2, 2, 3)
+    assert convert_conv(same, config) is same and isinstance(same.ar, AutoRegressive2d)
+    with pytest.raises(TypeError, match="cannot convert a Linear"):
+        convert_conv(nn.Linear(2, 2), config)

@@ -169,10 +169,11 @@ class ConversionReport:
         values = {k: v for k, v in data.items() if k in own}
         values["entries"] = [ConvEntry.from_dict(e) for e in data.get("entries", [])]
         report = cls(**values)
-        recomputed = {"converted": report.converted, "already_converted": report.already_converted,
-                      "skipped": {SkipReason.parse(k): n for k, n in data.get("skipped", {}).items()}}
         for key in derived:
-            if key in data and recomputed[key] != getattr(report, key):
+            given = data.get(key)
+            if key == "skipped" and isinstance(given, Mapping):
+                given = {SkipReason.parse(reason): n for reason, n in given.items()}
+            if key in data and given != getattr(report, key):
                 raise ValueError(f"ConversionReport.from_dict: {key!r} is {data[key]!r} but the entries "
                                  f"give {getattr(report, key)!r}")
         return report
