@@ -59,6 +59,8 @@ def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = N
 
 @torch.library.custom_op("arma_plugin::ar_solve", mutates_args=())
 def ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int, backend: str) -> torch.Tensor:
+    if x.numel() == 0:  # an empty batch or map: nothing to solve (MKL's FFT refuses empty transforms)
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
     if backend == "numba":
         from .ar_solve_numba import numba_ar_solve
         return numba_ar_solve(x, taps, boundary, dilation)
@@ -73,6 +75,8 @@ def _(x, taps, boundary, dilation, backend):
 @torch.library.custom_op("arma_plugin::ar_solve_backward", mutates_args=())
 def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
                       dilation: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.zeros_like(taps)
     grad_y = grad_y.contiguous()
     if backend == "numba":
         from .ar_solve_numba import numba_ar_solve_backward
@@ -98,3 +102,11 @@ def _backward(ctx, grad_y):
 
 
 ar_solve.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, grad_grad_x, grad_grad_taps):
+    raise RuntimeError("double backward through the AR solve (arma_plugin::ar_solve) is not supported: "
+                       "its backward is a custom kernel without a derivative of its own")
+
+
+ar_solve_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)

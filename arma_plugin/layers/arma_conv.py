@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..validation import check_positive_int
 from .autoregressive import AutoRegressive2d
 
 
@@ -18,7 +19,8 @@ class ARMAConv2d(nn.Conv2d):
     state-dict keys; the AR parameter is ``ar.alpha`` (zero at init, so the layer starts
     as the plain convolution, exactly). ``ar_kernel_size``, ``boundary``, ``reparam`` and
     ``ar_dilation`` are :class:`AutoRegressive2d`'s ``ar_kernel_size``, ``boundary``,
-    ``reparam`` and ``dilation``.
+    ``reparam`` and ``dilation``. :meth:`reset_parameters` re-initialises both parts, as
+    after ``device="meta"`` construction and ``to_empty()``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -27,9 +29,14 @@ class ARMAConv2d(nn.Conv2d):
                  ar_dilation: int = 1, device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device=device, dtype=dtype)
-        self.ar = AutoRegressive2d(out_channels, ar_kernel_size, boundary, reparam, ar_dilation)
-        if device is not None or dtype is not None:
-            self.ar.to(device=device, dtype=dtype)
+        self.ar = AutoRegressive2d(out_channels, ar_kernel_size, boundary, reparam,
+                                   check_positive_int("ar_dilation", ar_dilation), device=device, dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        """The conv's own initialisation, and ``ar`` back to the identity (``alpha = 0``)."""
+        super().reset_parameters()
+        if "ar" in self._modules:  # nn.Conv2d.__init__ calls this before ``ar`` exists
+            self.ar.reset_parameters()
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **ar_kwargs) -> "ARMAConv2d":

@@ -21,17 +21,33 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from ..validation import check_choice, check_odd_kernel_size, check_positive_int
 from .ar_solve_op import ar_solve, resolve_backend
 from .ar_taps import BOUNDARIES, ar_taps
 
 __all__ = ["AutoRegressive2d", "autoregressive2d", "ar_taps", "BOUNDARIES"]
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _check_args(boundary: str, dilation: int) -> None:
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
-    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+    check_choice("boundary", boundary, BOUNDARIES)
+    check_positive_int("dilation", dilation)
+
+
+def _check_tensors(x: torch.Tensor, alpha: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D [batch, channels, height, width], got shape {tuple(x.shape)}")
+    if alpha.dim() != 3 or alpha.shape[-1] != 4 or alpha.shape[1] < 1:
+        raise ValueError(f"alpha must have shape [channels, Q >= 1, 4], got {tuple(alpha.shape)}")
+    if x.shape[1] != alpha.shape[0]:
+        raise ValueError(f"x has {x.shape[1]} channels but alpha is for {alpha.shape[0]} channels")
+    for name, t in (("x", x), ("alpha", alpha)):
+        if t.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{name} must be a real floating-point tensor {FLOAT_DTYPES}, got {t.dtype}")
+    if alpha.device != x.device:
+        raise ValueError(f"alpha is on device {alpha.device} but x is on {x.device}; they must be on the same device")
 
 
 def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circular",
@@ -40,17 +56,19 @@ def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circ
 
     float16/bfloat16 input (e.g. from autocast) is solved in float32 and returned in
     the input dtype; float32 and float64 are solved in their own precision. The output
-    keeps a channels_last layout. ``backend``: ``"numba"``/``"torch"``/``None`` (automatic,
-    or ``$ARMA_PLUGIN_BACKEND``). With ``reparam=False`` the raw taps may leave the stable
-    region (paper Fig. 5); nothing is clamped and a singular system gives inf/nan.
+    keeps a channels_last layout. An empty batch or map gives an empty output. ``backend``:
+    ``"numba"``/``"torch"``/``None`` (automatic, or ``$ARMA_PLUGIN_BACKEND``). Complex or
+    integer tensors, and ``alpha`` on another device than ``x``, raise ``ValueError``.
+
+    With ``reparam=False`` the raw taps may leave the stable region (paper Fig. 5); nothing
+    is clamped: a singular system gives inf/nan, and a nearly singular one gives huge
+    finite values, which are not detected. With ``reparam=True``, ``|tanh(alpha)|`` is
+    capped (:data:`~arma_plugin.layers.ar_taps.TANH_LIMIT`), so entries of ``alpha`` beyond
+    the cap (``|alpha| > 5.9``) get zero gradient. Differentiable once: double backward
+    raises.
     """
     _check_args(boundary, dilation)
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D [batch, channels, height, width], got shape {tuple(x.shape)}")
-    if alpha.dim() != 3 or alpha.shape[-1] != 4 or alpha.shape[1] < 1:
-        raise ValueError(f"alpha must have shape [channels, Q >= 1, 4], got {tuple(alpha.shape)}")
-    if x.shape[1] != alpha.shape[0]:
-        raise ValueError(f"x has {x.shape[1]} channels but alpha is for {alpha.shape[0]} channels")
+    _check_tensors(x, alpha)
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(x.device.type, enabled=False):
         taps = ar_taps(alpha.to(compute_dtype), reparam)
@@ -68,23 +86,28 @@ class AutoRegressive2d(nn.Module):
     """Per-channel separable AR solve, the AR half of an ARMA layer (Def. 1, Def. 5).
 
     Parameter ``alpha`` ``[channels, Q, 4]`` with ``Q = ar_kernel_size // 2``, zero at
-    init (``A = I``: the layer is the identity). See :func:`autoregressive2d`.
+    init (``A = I``: the layer is the identity). ``device``/``dtype`` place ``alpha`` like
+    any ``nn`` module's factory arguments; after ``device="meta"`` construction and
+    ``to_empty()``, :meth:`reset_parameters` restores the identity. See :func:`autoregressive2d`.
     """
 
     def __init__(self, channels: int, ar_kernel_size: int = 3, boundary: str = "circular",
-                 reparam: bool = True, dilation: int = 1) -> None:
+                 reparam: bool = True, dilation: int = 1, device=None, dtype=None) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
-        if not isinstance(ar_kernel_size, int) or ar_kernel_size < 3 or ar_kernel_size % 2 == 0:
-            raise ValueError(f"ar_kernel_size must be an odd integer >= 3 (3, 5, 7, ...), got {ar_kernel_size!r}")
+        check_positive_int("channels", channels)
+        check_odd_kernel_size("ar_kernel_size", ar_kernel_size)
         _check_args(boundary, dilation)
         self.channels = channels
         self.ar_kernel_size = ar_kernel_size
         self.boundary = boundary
         self.reparam = reparam
         self.dilation = dilation
-        self.alpha = nn.Parameter(torch.zeros(channels, ar_kernel_size // 2, 4))
+        self.alpha = nn.Parameter(torch.empty(channels, ar_kernel_size // 2, 4, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``alpha = 0``: ``A = I``, the layer is the identity (also ``reparam=False``: zero taps)."""
+        nn.init.zeros_(self.alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return autoregressive2d(x, self.alpha, self.boundary, self.reparam, self.dilation)

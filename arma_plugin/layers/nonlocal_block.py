@@ -9,6 +9,22 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..validation import check_positive_int
+
+
+class ZeroInitConv2d(nn.Conv2d):
+    """A ``Conv2d`` whose (re-)initialisation is zero, weight and bias: the block's ``W_z``.
+
+    The zero init lives in the conv itself so that every way of re-initialising a model
+    (``reset_parameters()`` per module, parents before or after children, as FSDP does
+    after meta-device construction) keeps the block the identity.
+    """
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
 
 class NonLocal2d(nn.Module):
     """Embedded-Gaussian non-local block on ``[B, C, H, W]``; identity at initialisation.
@@ -22,19 +38,20 @@ class NonLocal2d(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 2) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
-        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
-            raise ValueError(f"reduction must be a positive integer, got {reduction!r}")
+        check_positive_int("channels", channels)
+        check_positive_int("reduction", reduction)
         self.channels = channels
         self.reduction = reduction
         inner = max(1, channels // reduction)
         self.theta = nn.Conv2d(channels, inner, 1)
         self.phi = nn.Conv2d(channels, inner, 1)
         self.g = nn.Conv2d(channels, inner, 1)
-        self.out = nn.Conv2d(inner, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = ZeroInitConv2d(inner, channels, 1)
+
+    def reset_parameters(self) -> None:
+        """Fresh embeddings and ``W_z = 0``: the identity, as at construction."""
+        for conv in (self.theta, self.phi, self.g, self.out):
+            conv.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
