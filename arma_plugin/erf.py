@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from .layers import ARMAConv2d, AutoRegressive2d, ar_taps
+from .validation import check_positive_int
 
 RADIUS_ABOUT = ("origin", "mean")
 
@@ -54,10 +55,12 @@ def erf_map(model: nn.Module, input_shape: Sequence[int], *, output_index: Seque
     Def. 2 also averages over output locations; like Luo et al. this measures one, which is
     the same thing for a shift-invariant network away from the borders.
     """
-    if len(input_shape) != 3 or any(int(n) < 1 for n in input_shape):
-        raise ValueError(f"input_shape must be (channels, height, width) of positive ints, got {tuple(input_shape)!r}")
-    if n_samples < 1 or batch_size < 1:
-        raise ValueError(f"n_samples and batch_size must be >= 1, got n_samples={n_samples}, batch_size={batch_size}")
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (channels, height, width), got {tuple(input_shape)!r}")
+    for axis, size in zip(("channels", "height", "width"), input_shape):
+        check_positive_int(f"input_shape {axis}", size)
+    check_positive_int("n_samples", n_samples)
+    check_positive_int("batch_size", batch_size)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
@@ -141,18 +144,15 @@ def _per_layer(value: float | Sequence[float], num_layers: int, name: str) -> li
 
 
 def _check_theorem3_args(num_layers: int, kernel_size, dilation, ar_coeff) -> list[tuple[int, int, float]]:
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    check_positive_int("num_layers", num_layers)
     layers = list(zip(_per_layer(kernel_size, num_layers, "kernel_size"), _per_layer(dilation, num_layers, "dilation"),
                       _per_layer(ar_coeff, num_layers, "ar_coeff")))
     for k, d, a in layers:
-        if int(k) != k or k < 1:
-            raise ValueError(f"kernel_size must be a positive int, got {k!r}")
-        if int(d) != d or d < 1:
-            raise ValueError(f"dilation must be a positive int, got {d!r}")
+        check_positive_int("kernel_size", k)
+        check_positive_int("dilation", d)
         if not 0.0 <= a < 1.0:
             raise ValueError(f"ar_coeff must lie in [0, 1) (Thm 3), got {a!r}")
-    return [(int(k), int(d), float(a)) for k, d, a in layers]
+    return [(k, d, float(a)) for k, d, a in layers]
 
 
 def theoretical_radius(num_layers: int, kernel_size: int | Sequence[int] = 3, dilation: int | Sequence[int] = 1,

@@ -1,5 +1,7 @@
 """Video-prediction metrics (paper Table 3) against direct formulas on known inputs."""
+import importlib
 import math
+import sys
 
 import pytest
 import torch
@@ -84,3 +86,26 @@ def test_bad_shapes_are_rejected(pred_shape, target_shape):
 def test_bad_max_psnr_is_rejected():
     with pytest.raises(ValueError, match="max_psnr"):
         summarize_video_metrics(torch.ones(1, 1), torch.ones(1, 1), max_psnr=math.inf)
+
+
+def test_metrics_import_without_torchmetrics(monkeypatch):
+    """A core install has no torchmetrics (the 'recipes' extra brings it): the package imports, the
+    metrics that do not need it run, and PSNR/SSIM say which extra to install."""
+    import arma_plugin
+
+    imported_before = sys.modules["arma_plugin.metrics"]
+    for name in [m for m in sys.modules if m == "torchmetrics" or m.startswith("torchmetrics.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: "import torchmetrics" fails
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)
+    for name in [m for m in sys.modules if m.startswith("arma_plugin.metrics")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(arma_plugin, "metrics", arma_plugin.metrics)  # restored after the fresh import
+
+    metrics = importlib.import_module("arma_plugin.metrics")
+    assert metrics is not imported_before  # imported just now, with torchmetrics hidden
+    counts = metrics.confusion_counts(torch.tensor([[[0.9, 0.1]]]), torch.tensor([[[1, 0]]]))
+    assert metrics.segmentation_scores(counts)["JS"] == 1.0
+    frames = torch.rand(1, 2, 1, 8, 8)
+    for metric in (metrics.frame_psnr, metrics.frame_ssim, metrics.video_prediction_metrics):
+        with pytest.raises(ImportError, match=r"arma-plugin\[recipes\]"):
+            metric(frames, frames)

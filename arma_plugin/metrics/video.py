@@ -2,7 +2,9 @@
 
 PSNR and SSIM are computed per predicted frame of every sequence, then averaged over
 sequences (one curve over the predicted frames) and over frames (the table's number),
-as the paper's evaluation does. The per-image values come from torchmetrics.
+as the paper's evaluation does. The per-image values come from torchmetrics, which the
+``recipes`` extra installs; it is imported only when :func:`frame_psnr` or :func:`frame_ssim`
+runs, so ``arma_plugin.metrics`` imports on a core install.
 
 SSIM (Wang et al. 2004, eq. 13) uses a uniform 7x7 window, the default window of the
 scikit-image function the paper used, with ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` and
@@ -11,13 +13,22 @@ the population (not sample) covariance, averaged over the windows that fit in th
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 SSIM_WINDOW = 7
 DEFAULT_MAX_PSNR = 100.0
 """PSNR (dB) a perfectly predicted frame counts as in averages: finite, far above any real score."""
+
+
+def _torchmetrics_image() -> ModuleType:
+    try:
+        from torchmetrics.functional import image
+    except ImportError as err:
+        raise ImportError("frame_psnr and frame_ssim need torchmetrics, which the 'recipes' extra installs: "
+                          "pip install 'arma-plugin[recipes]'") from err
+    return image
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -32,16 +43,16 @@ def frame_psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     """PSNR ``10 log10(L^2 / MSE)`` of every frame: ``[B, T, C, H, W]`` → ``[B, T]``; ``inf`` where equal."""
     _check_pair(pred, target)
     flat = (pred.flatten(0, 1).double(), target.flatten(0, 1).double())
-    return peak_signal_noise_ratio(*flat, data_range=data_range, reduction="none",
-                                   dim=(1, 2, 3)).view(pred.shape[:2])
+    return _torchmetrics_image().peak_signal_noise_ratio(*flat, data_range=data_range, reduction="none",
+                                                         dim=(1, 2, 3)).view(pred.shape[:2])
 
 
 def frame_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean SSIM of every frame (uniform 7x7 window): ``[B, T, C, H, W]`` → ``[B, T]``; 1 where equal."""
     _check_pair(pred, target)
     flat = (pred.flatten(0, 1).double(), target.flatten(0, 1).double())
-    _, ssim_map = structural_similarity_index_measure(*flat, gaussian_kernel=False, kernel_size=SSIM_WINDOW,
-                                                      data_range=data_range, return_full_image=True)
+    _, ssim_map = _torchmetrics_image().structural_similarity_index_measure(
+        *flat, gaussian_kernel=False, kernel_size=SSIM_WINDOW, data_range=data_range, return_full_image=True)
     # torchmetrics averages over reflect-padded border windows too; keep only the windows that fit
     # in the frame, as scikit-image (the paper's implementation) does.
     pad = SSIM_WINDOW // 2

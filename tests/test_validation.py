@@ -1,0 +1,56 @@
+"""The shared argument checks: one rule and one message per kind of argument."""
+import pytest
+import torch.nn as nn
+
+from arma_plugin import ARMAConfig
+from arma_plugin.erf import erf_map, theoretical_radius
+from arma_plugin.validation import check_choice, check_odd_kernel_size, check_positive_int
+
+
+@pytest.mark.parametrize("value", [1, 2, 10**9])
+def test_positive_int_accepts_and_returns(value: int) -> None:
+    assert check_positive_int("channels", value) == value
+
+
+@pytest.mark.parametrize("value", [True, False, 0, -1, 2.0, "3", None, [1]])
+def test_positive_int_refuses_with_the_argument_named(value) -> None:
+    with pytest.raises(ValueError, match=r"^channels must be an integer >= 1, got ") as info:
+        check_positive_int("channels", value)
+    assert repr(value) in str(info.value)
+
+
+def test_positive_int_minimum() -> None:
+    assert check_positive_int("size", 0, minimum=0) == 0
+    with pytest.raises(ValueError, match="size must be an integer >= 2, got 1"):
+        check_positive_int("size", 1, minimum=2)
+
+
+@pytest.mark.parametrize("value", [3, 5, 7, 11])
+def test_odd_kernel_size_accepts(value: int) -> None:
+    assert check_odd_kernel_size("ar_kernel_size", value) == value
+
+
+@pytest.mark.parametrize("value", [1, 2, 4, -3, 3.0, True, "3"])
+def test_odd_kernel_size_refuses(value) -> None:
+    with pytest.raises(ValueError, match=r"ar_kernel_size must be an odd integer >= 3 \(3, 5, 7, \.\.\.\)"):
+        check_odd_kernel_size("ar_kernel_size", value)
+
+
+def test_choice_lists_the_allowed_values() -> None:
+    assert check_choice("boundary", "zeros", ("circular", "zeros")) == "zeros"
+    with pytest.raises(ValueError, match=r"boundary must be one of \('circular', 'zeros'\), got 'reflect'"):
+        check_choice("boundary", "reflect", ["circular", "zeros"])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ARMAConfig(ar_dilation=True),
+    lambda: theoretical_radius(2.0),
+    lambda: theoretical_radius(2, kernel_size=3.0),
+    lambda: theoretical_radius(2, dilation=True),
+    lambda: erf_map(nn.Identity(), (1, 4, 4), n_samples=0),
+    lambda: erf_map(nn.Identity(), (1, 4.0, 4)),
+])
+def test_the_package_uses_the_one_rule(call) -> None:
+    """Entry points that take a count refuse booleans and floats with the shared message."""
+    with pytest.raises(ValueError, match="must be an integer >= 1, got"):
+        call()
