@@ -57,7 +57,7 @@ def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circ
     float16/bfloat16 input (e.g. from autocast) is solved in float32 and returned in
     the input dtype; float32 and float64 are solved in their own precision. The output
     keeps a channels_last layout. An empty batch or map gives an empty output. ``backend``:
-    ``"numba"``/``"torch"``/``None`` (automatic, or ``$ARMA_PLUGIN_BACKEND``). Complex or
+    ``"numba"``/``"torch"``/``"triton"``/``None`` (automatic, or ``$ARMA_PLUGIN_BACKEND``). Complex or
     integer tensors, and ``alpha`` on another device than ``x``, raise ``ValueError``.
 
     With ``reparam=False`` the raw taps may leave the stable region (paper Fig. 5); nothing
@@ -72,8 +72,10 @@ def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circ
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(x.device.type, enabled=False):
         taps = ar_taps(alpha.to(compute_dtype), reparam)
-        xc = x.to(compute_dtype)
-        y = ar_solve(xc, taps, boundary, dilation, resolve_backend(xc, taps, backend, known_stable=reparam))
+        solver = resolve_backend(x, taps, backend, known_stable=reparam)
+        # triton loads and stores every float dtype itself (float32 accumulation): no cast pass
+        xc = x if solver == "triton" else x.to(compute_dtype)
+        y = ar_solve(xc, taps, boundary, dilation, solver)
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         y = y.contiguous(memory_format=torch.channels_last)
     return y.to(x.dtype)
