@@ -20,7 +20,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .cli import OneLineErrorParser, positive_int
 from .reference import released_autoregressive2d
+from .table import format_table
 from .layers.ar_solve_op import numba_available
 from .layers.autoregressive import autoregressive2d
 
@@ -89,46 +91,43 @@ def run(sizes: list[int], qs: list[int], boundaries: list[str], batch: int, chan
     return rows
 
 
-def format_table(rows: list[dict], backends: list[str]) -> str:
+def results_table(rows: list[dict], backends: list[str]) -> str:
+    """The rows as a markdown table; ratios against the first (fastest available) backend."""
     best = backends[0]
-    head = ["H=W", "Q", "boundary", "conv ms"] + [f"AR[{b}] ms" for b in backends] + \
+    header = ["H=W", "Q", "boundary", "conv ms"] + [f"AR[{b}] ms" for b in backends] + \
         ["released ms", f"AR[{best}]/conv", f"released/AR[{best}]", "saved AR (×out)", "saved released (×out)"]
-    lines = [head]
+    lines = []
     for r in rows:
-        fast = r[f"ar_{best}_ms"]
-        rel = r.get("released_ms")
-        lines.append([str(r["size"]), str(r["Q"]), r["boundary"], f"{r['conv_ms']:.1f}"]
+        fast, released = r[f"ar_{best}_ms"], r.get("released_ms")
+        lines.append([r["size"], r["Q"], r["boundary"], f"{r['conv_ms']:.1f}"]
                      + [f"{r[f'ar_{b}_ms']:.1f}" for b in backends]
-                     + [f"{rel:.1f}" if rel else "-", f"{fast / r['conv_ms']:.2f}",
-                        f"{rel / fast:.1f}" if rel else "-", f"{r[f'ar_{best}_saved_outputs']:.2f}",
-                        f"{r['released_saved_outputs']:.2f}" if rel else "-"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["| " + " | ".join(c.rjust(w) for c, w in zip(line, widths)) + " |" for line in lines]
-    text.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(text)
+                     + [None if released is None else f"{released:.1f}", f"{fast / r['conv_ms']:.2f}",
+                        None if released is None else f"{released / fast:.1f}",
+                        f"{r[f'ar_{best}_saved_outputs']:.2f}",
+                        None if released is None else f"{r['released_saved_outputs']:.2f}"])
+    return format_table(header, lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arma-plugin bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128], help="H = W values")
-    p.add_argument("--q", type=int, nargs="+", default=[1, 2], help="factors per axis (ar_kernel_size = 2Q+1)")
+    p = OneLineErrorParser(prog="arma-plugin bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[32, 64, 128], help="H = W values")
+    p.add_argument("--q", type=positive_int, nargs="+", default=[1, 2],
+                   help="factors per axis (ar_kernel_size = 2Q+1)")
     p.add_argument("--boundaries", nargs="+", default=["circular", "zeros"], choices=["circular", "zeros"])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--channels", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per entry (median reported)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--channels", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per entry (median reported)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=SUPPORTED_DEVICES)
     p.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("sizes", "q"):
-        if min(getattr(args, name)) < 1:
-            raise ValueError(f"--{name} values must be >= 1, got {getattr(args, name)}")
-    if args.batch < 1 or args.channels < 1 or args.repeats < 1:
-        raise ValueError("--batch, --channels and --repeats must be >= 1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     backends = (["numba"] if device.type == "cpu" and numba_available() else []) + ["torch"]
@@ -138,5 +137,5 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"device={device} threads={torch.get_num_threads()} B={args.batch} C={args.channels} "
               f"fwd+bwd median of {args.repeats} ms")
-        print(format_table(rows, backends))
+        print(results_table(rows, backends))
     return 0

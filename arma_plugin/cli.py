@@ -7,8 +7,10 @@
     arma-plugin erf --models timm:resnet18 out/resnet18-arma --input-size 3 64 64 --out erf.png
     arma-plugin bench [benchmark options]
 
-Mistakes in what the user typed (unknown model, missing path, bad number) end with one
-line on stderr and exit code 2, never a traceback.
+Mistakes in what the user typed (unknown model, missing path, bad number, a broken
+checkpoint) end with one line on stderr and exit code 2, never a traceback. They are
+recognised where the input is read and raised as :class:`UsageError`; any other exception
+is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from typing import NoReturn
 import torch
 import torch.nn as nn
 
+from .table import format_table
+from .validation import check_positive_int
+
 USAGE_ERROR = 2
 MODEL_SPEC_HELP = ("timm:NAME (e.g. timm:vgg11), smp:ARCH/ENCODER (e.g. smp:Unet/resnet18), "
                    "or a checkpoint directory / Hub repo id written by save_pretrained")
@@ -31,9 +36,19 @@ class UsageError(Exception):
     """A mistake in the command line: reported as one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (no usage block), exit code 2."""
+
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: :func:`~arma_plugin.validation.check_positive_int`'s rule for a typed value."""
+    try:
+        return check_positive_int("the value", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
 
 
 # --------------------------------------------------------------------------- models
@@ -68,7 +83,12 @@ def build_model(spec: str, *, pretrained: bool = False, num_classes: int | None 
         raise UsageError(f"no checkpoint directory {spec!r}; a model is {MODEL_SPEC_HELP}")
     if num_classes is not None or pretrained:
         raise UsageError(f"--num-classes and --pretrained apply to timm:/smp: models, not to checkpoint {spec!r}")
-    return from_pretrained(Path(spec).expanduser() if looks_like_path else spec)
+    from .hub import CheckpointError
+
+    try:
+        return from_pretrained(Path(spec).expanduser() if looks_like_path else spec)
+    except CheckpointError as err:  # a missing or broken checkpoint is the user's input, not a bug
+        raise UsageError(str(err)) from err
 
 
 class _FeatureMap(nn.Module):
@@ -83,31 +103,52 @@ class _FeatureMap(nn.Module):
 
 
 # --------------------------------------------------------------------------- convert
+_JSON_KINDS = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+
+
 def _arma_config(args: argparse.Namespace):
     from .convert import ARMAConfig
 
-    data = {}
-    if args.config is not None:
-        text = args.config if args.config.lstrip().startswith("{") else None
-        if text is None:
-            path = Path(args.config)
-            if not path.is_file():
-                raise UsageError(f"--config: no such file {args.config!r} (give a JSON file or an inline JSON object)")
-            text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"--config is not valid JSON: {err}") from err
+    data = {} if args.config is None else _config_json(args.config)
     flags = {"ar_kernel_size": args.ar_kernel_size, "boundary": args.boundary, "reparam": args.reparam,
              "target_modules": args.target_modules, "exclude_modules": args.exclude_modules,
              "include_pointwise": args.include_pointwise, "mode": args.mode}
-    return ARMAConfig.from_dict({**data, **{k: v for k, v in flags.items() if v is not None}})
+    try:
+        return ARMAConfig.from_dict({**data, **{k: v for k, v in flags.items() if v is not None}})
+    except ValueError as err:  # ARMAConfig names the field and the allowed values
+        raise UsageError(str(err)) from err
+
+
+def _config_json(config: str) -> dict:
+    """The JSON object of ``--config``: a file, or JSON written inline (starting with ``{`` or ``[``)."""
+    if config.lstrip()[:1] in ("{", "["):
+        text, source = config, "inline value"
+    elif Path(config).is_file():
+        source = f"file {config!r}"
+        try:
+            text = Path(config).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"--config {source} cannot be read as UTF-8 text: {err}") from err
+    else:
+        raise UsageError(f"--config: no such file {config!r} (give a JSON file or an inline JSON object)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--config {source} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        kind = _JSON_KINDS.get(type(data), type(data).__name__)
+        raise UsageError(f"--config {source} must hold a JSON object of ARMAConfig fields "
+                         f"({{\"ar_kernel_size\": 5, ...}}), got a JSON {kind}")
+    return data
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from .convert import armafy
     from .hub import save_pretrained
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is an existing file; give a directory (created if missing)")
     config = _arma_config(args)
     model = build_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes)
     model, report = armafy(model, config, inplace=True, return_report=True)
@@ -118,15 +159,6 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- inspect
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def cell(value: object) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .erf import ar_coefficients, ar_layer_summaries
 
@@ -143,7 +175,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     n_params = sum(s.channels * s.factors * 4 for s in summaries)
     print(f"{len(summaries)} AR layers, {n_params} AR parameters; radius: implied 1-D ERF radius of the layer "
           "(Thm 3 with its taps, uniform MA kernel), mean over channels\n")
-    print(_format_table(["layer", "channels", "Q", "mean abs tap", "max abs tap", "radius H", "radius W"],
+    print(format_table(["layer", "channels", "Q", "mean abs tap", "max abs tap", "radius H", "radius W"],
                         [(s.name, s.channels, s.factors, s.mean_abs_tap, s.max_abs_tap, s.radius_h, s.radius_w)
                          for s in summaries]))
     if args.plot is not None:
@@ -169,7 +201,7 @@ def cmd_erf(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            print(_format_table(["d", "L", "a", "measured r", "Thm 3 r", "rel. error"],
+            print(format_table(["d", "L", "a", "measured r", "Thm 3 r", "rel. error"],
                                 [(r["dilation"], r["layers"], r["ar_coeff"], r["measured"], r["theoretical"],
                                   f"{r['rel_error']:.1e}") for r in rows]))
     if args.out is not None:
@@ -192,7 +224,7 @@ def _erf_of_models(args: argparse.Namespace) -> None:
         if hasattr(model, "forward_features"):
             model = _FeatureMap(model)
         erfs[spec] = erf_map(model, args.input_size, n_samples=args.samples)
-    print(_format_table(["model", "r (eq. 3)", "r (about mean)"],
+    print(format_table(["model", "r (eq. 3)", "r (about mean)"],
                         [(spec, erf_radius(e), erf_radius(e, about="mean")) for spec, e in erfs.items()]))
     if args.out is not None:
         from .plots import plot_erf_comparison
@@ -216,15 +248,14 @@ def _probability(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _png_path(text: str) -> str:
+    if Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"the figure is written as PNG: give a path ending in .png, got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="arma-plugin", description="ARMA layers (Su et al., NeurIPS 2020) for timm and SMP models.")
+    parser = OneLineErrorParser(prog="arma-plugin", description="ARMA layers (Su et al., NeurIPS 2020) for timm and SMP models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,inspect,erf,bench}")
 
     convert = sub.add_parser("convert", help="create a timm/SMP model, armafy it, save_pretrained",
@@ -242,14 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--include-pointwise", action="store_true", default=None, help="also convert 1x1 convs")
     convert.add_argument("--mode", choices=("module", "graph"))
     convert.add_argument("--pretrained", action="store_true", help="download pretrained weights (default: random init)")
-    convert.add_argument("--num-classes", type=_positive_int, help="head size (timm num_classes, SMP classes)")
+    convert.add_argument("--num-classes", type=positive_int, help="head size (timm num_classes, SMP classes)")
     convert.set_defaults(run=cmd_convert)
 
     inspect = sub.add_parser("inspect", help="summary and AR tap statistics of a checkpoint",
                              description="Conversion summary and per-layer AR tap statistics (mean |tap|, max, "
                                          "implied 1-D ERF radius) of a save_pretrained checkpoint.")
     inspect.add_argument("path", help="checkpoint directory or Hub repo id")
-    inspect.add_argument("--plot", help="write the Fig. 6 histogram of AR coefficients to this PNG")
+    inspect.add_argument("--plot", type=_png_path, help="write the Fig. 6 histogram of AR coefficients to this PNG")
     inspect.add_argument("--per-layer", action="store_true", help="one histogram outline per layer instead of pooled")
     inspect.set_defaults(run=cmd_inspect)
 
@@ -257,16 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Without --models: ERF of Thm 3's linear ARMA networks, Fig. 3 (--out) and "
                                      "measured vs theoretical radius (--table, --json). With --models: ERF maps of "
                                      "the given models side by side (e.g. before and after armafy + fine-tuning).")
-    erf.add_argument("--layers", type=_positive_int, nargs="+", default=[1, 3, 5], help="depths L")
+    erf.add_argument("--layers", type=positive_int, nargs="+", default=[1, 3, 5], help="depths L")
     erf.add_argument("--coeffs", type=_probability, nargs="+", default=[0.0, 0.6, 0.8, 0.9], help="AR coefficients a")
-    erf.add_argument("--kernel-size", type=_positive_int, default=3, help="MA kernel size K")
-    erf.add_argument("--dilations", type=_positive_int, nargs="+", default=[1], help="MA dilations d")
+    erf.add_argument("--kernel-size", type=positive_int, default=3, help="MA kernel size K")
+    erf.add_argument("--dilations", type=positive_int, nargs="+", default=[1], help="MA dilations d")
     erf.add_argument("--table", action="store_true", help="print measured vs Thm 3 radius as a markdown table")
     erf.add_argument("--json", action="store_true", help="print the table as JSON")
-    erf.add_argument("--out", help="PNG to write (Fig. 3, one per dilation; or the model comparison)")
+    erf.add_argument("--out", type=_png_path, help="PNG to write (Fig. 3, one per dilation; or the model comparison)")
     erf.add_argument("--models", nargs="+", metavar="MODEL", help=MODEL_SPEC_HELP)
-    erf.add_argument("--input-size", type=_positive_int, nargs=3, default=[3, 64, 64], metavar=("C", "H", "W"))
-    erf.add_argument("--samples", type=_positive_int, default=16, help="random inputs per model")
+    erf.add_argument("--input-size", type=positive_int, nargs=3, default=[3, 64, 64], metavar=("C", "H", "W"))
+    erf.add_argument("--samples", type=positive_int, default=16, help="random inputs per model")
     erf.add_argument("--pretrained", action="store_true", help="pretrained weights for timm:/smp: models")
     erf.set_defaults(run=cmd_erf)
 
@@ -286,8 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     try:
         status = args.run(args) or 0
-    except (UsageError, ValueError, FileNotFoundError, ImportError) as err:
-        # ValueError is this package's bad-input exception (ARMAConfig, checkpoints, erf arguments)
+    except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the exception's layout
         print(f"arma-plugin {args.command}: error: {message}", file=sys.stderr)
         return USAGE_ERROR

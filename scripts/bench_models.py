@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from arma_plugin import armafy
+from arma_plugin.table import format_table
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int, int]]] = {
     "resnet18": (lambda: timm.create_model("resnet18", pretrained=False), (8, 3, 224, 224)),
@@ -72,12 +73,11 @@ def main() -> None:
         except RuntimeError as err:  # reported in the table, the other models still run
             rows.append({"model": name, "error": f"{type(err).__name__}: {err}".splitlines()[0][:200]})
     header = ("model", "input", "convs converted", "original fwd+bwd s", "armafied s", "ratio")
-    lines = [header] + [(r["model"], "x".join(map(str, r["input"])), str(r["converted"]), f"{r['original_s']:.3f}",
-                         f"{r['armafied_s']:.3f}", f"{r['ratio']:.2f}") if "error" not in r
-                        else (r["model"], "ERROR", r["error"][:100], "", "", "") for r in rows]
-    widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
+    lines = [(r["model"], "x".join(map(str, r["input"])), r["converted"], f"{r['original_s']:.3f}",
+              f"{r['armafied_s']:.3f}", f"{r['ratio']:.2f}") if "error" not in r
+             else (r["model"], "ERROR", r["error"][:100], "", "", "") for r in rows]
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}")
-    print("\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines))
+    print(format_table(header, lines, markdown=False))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

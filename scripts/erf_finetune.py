@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from arma_plugin import armafy
 from arma_plugin.erf import erf_map, erf_radius
 from arma_plugin.plots import plot_erf_comparison
+from arma_plugin.table import format_table
 
 SIZE = 32
 SIGMA = 4.0
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"task: Gaussian blur sigma={SIGMA} px of {SIZE}x{SIZE} noise; {args.steps} steps per phase, seed {args.seed}")
-    print("| model | test MSE | r (eq. 3) | r (about mean) |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['test_mse']:.4f} | {r['radius_eq3']:.2f} | {r['radius_mean']:.2f} |")
+    print(format_table(["model", "test MSE", "r (eq. 3)", "r (about mean)"],
+                       [(r["model"], f"{r['test_mse']:.4f}", f"{r['radius_eq3']:.2f}", f"{r['radius_mean']:.2f}")
+                        for r in rows]))
     print(f"(the target's own ERF: r about mean = {SIGMA * math.sqrt(2):.2f} before truncation)")
 
 

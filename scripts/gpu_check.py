@@ -16,7 +16,7 @@ _pkg = types.ModuleType("arma_plugin")
 _pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "arma_plugin")]
 sys.modules["arma_plugin"] = _pkg
 
-from arma_plugin.benchmark import format_table, run  # noqa: E402
+from arma_plugin.benchmark import results_table, run  # noqa: E402
 from arma_plugin.reference import ar_solve_reference  # noqa: E402
 from arma_plugin.layers.ar_taps import ar_taps  # noqa: E402
 from arma_plugin.layers.autoregressive import autoregressive2d  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> int:
     ok = check_against_reference(dev) & check_dtypes_and_layout(dev)
     rows = run([32, 64, 128, 256], [1, 2], ["circular", "zeros"], 8, 64, 20, dev, ["torch"])
     print("GPU layer benchmark, B=8 C=64, fwd+bwd median of 20, ms")
-    print(format_table(rows, ["torch"]))
+    print(results_table(rows, ["torch"]))
     print("ALL CHECKS OK" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 

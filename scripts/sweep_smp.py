@@ -22,7 +22,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
-from sweep_timm import armafy_row, format_table
+from sweep_timm import armafy_row, sweep_table
 
 DEFAULT_ENCODERS = ("resnet18", "mobilenet_v2", "efficientnet-b0", "tu-regnetx_002", "mit_b0")
 VIT_ENCODER = ("tu-vit_tiny_patch16_224", {"dynamic_img_size": True})
@@ -75,7 +75,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    print(format_table(rows, ("arch", "encoder")))
+    print(sweep_table(rows, ("arch", "encoder")))
     ok = [r for r in rows if r["status"] == "ok"]
     archs_ok = {r["arch"] for r in ok if r["identity_error"] <= args.tol}
     print(f"{len(rows)} combinations: {len(ok)} converted, {sum(r['status'] == 'error' for r in rows)} armafy errors, "

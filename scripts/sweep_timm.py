@@ -25,11 +25,12 @@ import timm
 import torch
 
 from arma_plugin import armafy
+from arma_plugin.convert import SkipReason
+from arma_plugin.table import format_table
 
-SHORT_REASON = {"pointwise 1x1 (include_pointwise=False)": "1x1", "never called in forward": "unused",
-                "weight used by a functional conv2d call site": "functional",
-                "functional conv2d call site (converted only with mode='graph')": "F.conv2d",
-                "dilation differs per axis (ar_dilation='match' needs equal)": "dil"}
+SHORT_REASON = {SkipReason.POINTWISE: "1x1", SkipReason.NEVER_CALLED: "unused",
+                SkipReason.USED_FUNCTIONALLY: "functional", SkipReason.FUNCTIONAL_IN_MODULE_MODE: "F.conv2d",
+                SkipReason.ANISOTROPIC_DILATION: "dil"}
 
 
 class RowTimeout(Exception):
@@ -106,7 +107,7 @@ def armafy_row(model: torch.nn.Module, x: torch.Tensor, ref: Any) -> dict[str, A
     with torch.no_grad():
         out = arma(x)
     return dict(status="ok", traced=report.traced, trace_error=report.trace_error, untraceable=report.untraceable,
-                convs=len(report.entries), converted=report.converted, skipped=report.skipped,
+                convs=len(report.entries), converted=report.converted, skipped=report.to_dict()["skipped"],
                 identity_error=identity_error(out, ref), same_class=type(arma) is type(model))
 
 
@@ -138,20 +139,19 @@ def trace_kind(row: dict[str, Any]) -> str:
     return f"fx+{len(row['untraceable'])}" if row["untraceable"] else "fx"
 
 
-def format_table(rows: list[dict[str, Any]], leading: tuple[str, ...] = ("family", "model")) -> str:
+def sweep_table(rows: list[dict[str, Any]], leading: tuple[str, ...] = ("family", "model")) -> str:
     """Aligned text table of sweep rows; ``leading`` names the row-identifying columns."""
-    header = (*leading, "trace", "convs", "conv'd", "skipped", "identity err", "s")
-    lines = [header]
+    lines = []
     for r in rows:
-        ident = tuple(str(r.get(k)) for k in leading)
+        ident = tuple(r.get(k) for k in leading)
         if r["status"] != "ok":
-            lines.append((*ident, r["status"].upper(), "", "", r["error"][:60], "", str(r["seconds"])))
+            lines.append((*ident, r["status"].upper(), "", "", r["error"][:60], "", r["seconds"]))
             continue
         skipped = " ".join(f"{SHORT_REASON.get(k, k)}:{v}" for k, v in sorted(r["skipped"].items()))
-        lines.append((*ident, trace_kind(r), str(r["convs"]),
-                      str(r["converted"]), skipped, f"{r['identity_error']:.1e}", str(r["seconds"])))
-    widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines)
+        lines.append((*ident, trace_kind(r), r["convs"], r["converted"], skipped, f"{r['identity_error']:.1e}",
+                      r["seconds"]))
+    return format_table((*leading, "trace", "convs", "conv'd", "skipped", "identity err", "s"), lines,
+                        markdown=False)
 
 
 def summary(rows: list[dict[str, Any]], tol: float) -> str:
@@ -186,7 +186,7 @@ def main() -> None:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
-    print(format_table(rows))
+    print(sweep_table(rows))
     print(summary(rows, args.tol))
 
 

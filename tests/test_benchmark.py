@@ -25,6 +25,14 @@ def test_table_output(capsys):
     assert "| H=W |" in out and "circular" in out and "zeros" in out
 
 
-def test_bad_sizes():
-    with pytest.raises(ValueError, match="--sizes"):
-        main(["--sizes", "0"])
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "0"], "argument --sizes: must be an integer >= 1, got '0'"),
+    (["--q", "1.5"], "argument --q: must be an integer >= 1, got '1.5'"),
+    (["--threads", "-1"], "argument --threads: must be an integer >= 1, got '-1'"),
+    (["--repeats", "0"], "argument --repeats: must be an integer >= 1, got '0'"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip() == f"arma-plugin bench: error: {message} (see arma-plugin bench --help)"

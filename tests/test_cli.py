@@ -164,7 +164,12 @@ def test_erf_of_models_side_by_side(checkpoint, tmp_path, capsys):
     (["inspect", "./no/such/checkpoint"], "no checkpoint directory"),
     (["erf", "--coeffs", "1.5"], "[0, 1)"),
     (["erf", "--coeffs", "abc"], "--coeffs"),
-    (["erf", "--layers", "0", "--table"], "positive integer"),
+    (["erf", "--layers", "0", "--table"], "--layers: must be an integer >= 1, got '0'"),
+    (["erf", "--samples", "2.0", "--models", "timm:test_resnet"], "--samples: must be an integer >= 1"),
+    (["convert", "timm:test_resnet", "--out", "x", "--config", "[1, 2]"], "must hold a JSON object"),
+    (["bench", "--threads", "0"], "--threads: must be an integer >= 1, got '0'"),
+    (["bench", "--threads", "-1"], "--threads: must be an integer >= 1, got '-1'"),
+    (["bench", "--sizes", "8", "0"], "--sizes: must be an integer >= 1, got '0'"),
     (["erf", "--layers", "1"], "nothing to do"),
     (["erf", "--layers", "1", "--coeffs", "0", "--out", "fig3.jpg"], ".png"),
     (["erf", "--models", "timm:test_resnet", "--input-size", "3", "32"], "--input-size"),
@@ -183,3 +188,43 @@ def test_every_subcommand_has_help(capsys):
         assert code == 0 and "usage: arma-plugin " + command in out
     code, out, _ = run_main(capsys, "--help")
     assert code == 0 and all(c in out for c in ("convert", "inspect", "erf", "bench"))
+
+
+@pytest.mark.parametrize("content, kind", [("[1, 2]", "array"), ("3", "number"), ('"ar_kernel_size"', "string")])
+def test_config_file_must_hold_an_object(tmp_path, capsys, content, kind):
+    config = tmp_path / "arma.json"
+    config.write_text(content)
+    code, _, err = run_main(capsys, "convert", "timm:test_resnet", "--out", str(tmp_path / "out"),
+                            "--config", str(config))
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (f"arma-plugin convert: error: --config file {str(config)!r} must hold a JSON object "
+                           f'of ARMAConfig fields ({{"ar_kernel_size": 5, ...}}), got a JSON {kind}')
+
+
+def test_convert_out_must_not_be_a_file(tmp_path, capsys):
+    existing = tmp_path / "model.safetensors"
+    existing.write_bytes(b"not a directory")
+    code, _, err = run_main(capsys, "convert", "timm:test_resnet", "--out", str(existing))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is an existing file" in err
+    assert existing.read_bytes() == b"not a directory"  # refused before anything is written
+
+
+def test_bench_cuda_without_a_gpu_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_main(capsys, "bench", "--device", "cuda", "--sizes", "4")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--device cuda: no CUDA device is available" in err
+
+
+@pytest.mark.parametrize("error", [ValueError("internal shape bug"), ImportError("broken install")])
+def test_errors_from_inside_keep_their_traceback(monkeypatch, capsys, error):
+    """Only mistakes in what the user typed become one-line usage errors; a ValueError or
+    ImportError raised while converting is a bug and must propagate."""
+    import arma_plugin.convert
+
+    def broken_armafy(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(arma_plugin.convert, "armafy", broken_armafy)
+    with pytest.raises(type(error), match=str(error)):
+        main(["convert", "timm:test_resnet", "--out", "unused"])
