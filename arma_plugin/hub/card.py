@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..convert.report import SkipReason
 from .base_spec import SMP, TIMM
 
 __all__ = ["CARD_FIELDS", "check_card_fields", "build_model_card"]
@@ -60,7 +61,7 @@ def build_model_card(config: Mapping[str, Any], **card_fields: Any) -> ModelCard
         base_description=_describe_base(base),
         arma_config_rows=[(k, repr(v).replace("|", "\\|")) for k, v in config["arma_config"].items()],
         converted=conversion["converted"],
-        skipped=conversion["skipped"],
+        skipped={SkipReason.parse(reason).explanation: n for reason, n in conversion["skipped"].items()},
         ar_params_added=conversion["ar_params_added"],
         nonlocal_inserted=conversion["nonlocal_inserted"],
         metrics=card_fields.get("metrics"),
