@@ -7,8 +7,13 @@ training never converges and gets NaN error quickly").
 This example supports, through Accelerate, with the same script:
 - single CPU or single GPU, multi-GPU DDP (``accelerate launch --multi_gpu``), CPU processes,
 - mixed precision, gradient accumulation, trackers (``--report-to``),
-- ``save_state`` every epoch, ``--resume-from-checkpoint``, best-val weights, ``--seeds``,
+- ``save_state`` every epoch, ``--resume-from-checkpoint`` (only a run with the same
+  configuration, ``OUTPUT_DIR/run_config.json``), ``--overwrite-output-dir`` (a new run
+  refuses a folder that holds another run without it), best-val weights,
+- ``--seeds``: one training per seed and variant, then a mean ± std table,
 - a final ``save_pretrained`` with the measured test accuracy in the card, ``--push-to-hub``.
+Every image file (``--data-dir``) or row (``--hf-dataset``) is decoded once before the first
+step, and a ``--batch-size`` that leaves no training batch is refused.
 
 Models: ``--model`` is any timm name (``--model-kwargs key=value`` passes constructor
 arguments, e.g. ``mlp_ratio=0.0625`` for a slimmer VGG head); ``--no-arma`` trains it as is,
@@ -39,14 +44,19 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate import PartialState
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-import common
 from arma_plugin import ARMAConfig, armafy
+from arma_plugin.validation import check_positive_int
+from common import (TrainerState, add_training_args, check_decodable, fit, hub_repo_for_seed, load_best_weights,
+                    load_hf_dataset, make_accelerator, open_image, prepare_output_dir, publish, resolve_resume,
+                    run_config, seed_everything, seeded_split, seeds_from_args, tracker_config,
+                    validate_training_args, write_seed_table)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HOLDOUT = {"train": 7, "val": 1, "test": 2}  # for data without its own splits
 TRAIN_VAL = {"train": 9, "val": 1}  # for data with a test split only
 DATA_SEED = 2020  # the fixed split seed, independent of the training --seed
@@ -57,34 +67,39 @@ SMOKE: dict[str, Any] = {"data": "digits", "model": "test_resnet", "image_size":
 # ----------------------------------------------------------------------------- data
 
 class ImageRows(Dataset):
-    """``(image, label)`` rows (PIL images or arrays) resized and normalised to ``[3, S, S]``."""
+    """``(image, label)`` rows (image file paths, PIL images or arrays) resized and normalised
+    to ``[3, S, S]``; ``description`` names the rows' origin in errors."""
 
-    def __init__(self, images: Sequence[Any], labels: Sequence[int], image_size: int) -> None:
-        self.images, self.labels, self.image_size = images, labels, image_size
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    def __init__(self, images: Sequence[Any], labels: Sequence[int], image_size: int, description: str) -> None:
+        self.images, self.labels, self.image_size, self.description = images, labels, image_size, description
+        self.mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def load(self, index: int) -> Image.Image:
+        """The decoded image of row ``index``."""
         image = self.images[index]
-        image = Image.open(image) if isinstance(image, (str, Path)) else image
-        image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-        image = image.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        if isinstance(image, (str, Path)):
+            return open_image(image)
+        if isinstance(image, Image.Image):
+            image.load()
+            return image
+        return Image.fromarray(np.asarray(image))
+
+    def name(self, index: int) -> str:
+        image = self.images[index]
+        return str(image) if isinstance(image, (str, Path)) else f"{self.description} row {index}"
+
+    def check_decodable(self) -> None:
+        """Decode every row's image once; name any that fails."""
+        check_decodable([self.name(i) for i in range(len(self))], self.load, what="images")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.load(index).convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
         tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
         return (tensor - self.mean) / self.std, int(self.labels[index])
-
-
-class Subset(Dataset):
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
-        self.dataset, self.indices = dataset, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
 
 
 def digits_dataset(image_size: int) -> tuple[Dataset, int]:
@@ -112,12 +127,12 @@ def folder_dataset(root: Path, image_size: int) -> tuple[Dataset, int]:
             raise ValueError(f"class folder {str(root / name)!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
         paths += files
         labels += [label] * len(files)
-    return ImageRows(paths, labels, image_size), len(classes)
+    return ImageRows(paths, labels, image_size, f"--data-dir {str(root)!r}"), len(classes)
 
 
 def hf_splits(name: str, image_column: str | None, label_column: str, image_size: int) -> tuple[dict[str, Dataset], int]:
     """train/val/test from ``--hf-dataset`` (e.g. ``uoft-cs/cifar10``)."""
-    splits = common.load_hf_dataset(name)
+    splits = load_hf_dataset(name)
     first = next(iter(splits.values()))
     image_column = image_column or next((c for c in ("img", "image") if c in first.column_names), None)
     for column in (image_column, label_column):
@@ -128,20 +143,21 @@ def hf_splits(name: str, image_column: str | None, label_column: str, image_size
     feature = first.features[label_column]
     num_classes = getattr(feature, "num_classes", None) or num_classes
 
-    def rows(split) -> Dataset:
-        return ImageRows(split[image_column], split[label_column], image_size)
+    def rows(split_name: str) -> Dataset:
+        split = splits[split_name]
+        return ImageRows(split[image_column], split[label_column], image_size, f"--hf-dataset {name!r} {split_name}")
 
     if "test" in splits and "train" in splits:
-        train = rows(splits["train"])
+        train = rows("train")
         if "validation" in splits:
-            return {"train": train, "val": rows(splits["validation"]), "test": rows(splits["test"])}, num_classes
-        cut = common.seeded_split(len(train), TRAIN_VAL, DATA_SEED)
+            return {"train": train, "val": rows("validation"), "test": rows("test")}, num_classes
+        cut = seeded_split(len(train), TRAIN_VAL, DATA_SEED)
         return {"train": Subset(train, cut["train"]), "val": Subset(train, cut["val"]),
-                "test": rows(splits["test"])}, num_classes
+                "test": rows("test")}, num_classes
     if len(splits) != 1:
         raise ValueError(f"--hf-dataset {name!r} has splits {sorted(splits)}; need train+test or a single split")
-    whole = rows(first)
-    return {k: Subset(whole, v) for k, v in common.seeded_split(len(whole), HOLDOUT, DATA_SEED).items()}, num_classes
+    whole = rows(next(iter(splits)))
+    return {k: Subset(whole, v) for k, v in seeded_split(len(whole), HOLDOUT, DATA_SEED).items()}, num_classes
 
 
 def build_datasets(args: argparse.Namespace) -> tuple[dict[str, Dataset], int]:
@@ -154,7 +170,7 @@ def build_datasets(args: argparse.Namespace) -> tuple[dict[str, Dataset], int]:
         order = list(range(len(whole)))
         if args.limit is not None:
             order = np.random.default_rng(DATA_SEED).permutation(len(whole))[:args.limit].tolist()
-        cut = common.seeded_split(len(order), HOLDOUT, DATA_SEED)
+        cut = seeded_split(len(order), HOLDOUT, DATA_SEED)
         splits = {k: Subset(whole, [order[i] for i in v]) for k, v in cut.items()}
     return splits, num_classes
 
@@ -205,53 +221,7 @@ def evaluate_classifier(accelerator, model: nn.Module, loader: DataLoader) -> di
             "n_samples": sum(len(c) for c in correct)}
 
 
-def train_variant(accelerator, args: argparse.Namespace, config: dict[str, Any], datasets: dict[str, Dataset],
-                  num_classes: int, reparam: bool, output_dir: Path) -> dict[int, dict[str, Any]]:
-    """Train ``--model`` once per seed with (``reparam``) or without re-parameterisation."""
-    results: dict[int, dict[str, Any]] = {}
-    for seed in common.seeds_from_args(args):
-        common.seed_everything(seed, deterministic=args.deterministic)
-        model = build_model(args, num_classes, reparam)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-        loaders = [DataLoader(datasets[key], batch_size=config["batch_size"], shuffle=key == "train",
-                              num_workers=args.num_workers, drop_last=key == "train")
-                   for key in ("train", "val", "test")]
-        model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, *loaders)
-
-        def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
-            images, labels = batch
-            logits = model(images)
-            return {"loss": F.cross_entropy(logits, labels),
-                    "accuracy": (logits.argmax(1) == labels).float().mean()}
-
-        run_dir = output_dir / f"seed_{seed}"
-        state = common.fit(accelerator, model, optimizer, train_loader, training_step=training_step,
-                           evaluate=lambda m: evaluate_classifier(accelerator, m, val_loader),
-                           epochs=config["epochs"], run_dir=run_dir, monitor="accuracy", mode="max",
-                           resume_from=common.resolve_resume(args.resume_from_checkpoint, run_dir),
-                           checkpoints_total_limit=args.checkpoints_total_limit,
-                           log_prefix=f"{output_dir.name}/seed_{seed}/")
-        if state.best_epoch is not None:
-            common.load_best_weights(accelerator, model, run_dir)
-        scores = evaluate_classifier(accelerator, model, test_loader)
-        results[seed] = {**scores, "first_nonfinite_step": state.first_nonfinite_step, "steps": state.steps}
-        accelerator.print(f"{output_dir.name} seed {seed}: test accuracy {scores['accuracy']:.4f}, "
-                          f"first non-finite loss at step {state.first_nonfinite_step}")
-        if accelerator.is_main_process:
-            record = {"seed": seed, "model": args.model, "reparam": reparam, "arma": not args.no_arma,
-                      "best_epoch": state.best_epoch, "first_nonfinite_step": state.first_nonfinite_step,
-                      "num_processes": accelerator.num_processes, "test_size": len(datasets["test"]), **scores}
-            (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
-            card = {"metrics": metrics_markdown(args, scores, state, reparam),
-                    "description": f"`{args.model}` trained with `recipes/classify.py` (seed {seed})."}
-            common.publish(accelerator.unwrap_model(model), run_dir / "final", card,
-                           common.hub_repo_for_seed(args, seed))
-        accelerator.wait_for_everyone()
-        accelerator.free_memory()
-    return results
-
-
-def metrics_markdown(args: argparse.Namespace, scores: dict[str, float], state: common.TrainerState,
+def metrics_markdown(args: argparse.Namespace, scores: dict[str, float], state: TrainerState,
                      reparam: bool) -> str:
     source = args.hf_dataset or (str(args.data_dir) if args.data_dir else f"scikit-learn {args.data}")
     nonfinite = ("none" if state.first_nonfinite_step is None
@@ -289,35 +259,85 @@ def plot_compare_reparam(curves: dict[str, list[dict[str, float]]], path: Path) 
     plt.close(fig)
 
 
-def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[int, dict[str, Any]]]:
-    accelerator = common.make_accelerator(args)
-    accelerator.init_trackers("classify", config=common.tracker_config(args))
+def variant_name(reparam: bool) -> str:
+    """The sub-folder (and table row) of a variant: ``reparam`` or ``no_reparam``."""
+    return "reparam" if reparam else "no_reparam"
+
+
+def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``--model`` with ``config`` (lr, epochs, batch_size, seed, reparam) into
+    ``OUTPUT_DIR/<reparam|no_reparam>/seed_<seed>``; returns the test scores, the first
+    non-finite training step and every step's logged values."""
+    seed, reparam = config["seed"], config["reparam"]
+    variant = variant_name(reparam)
+    accelerator = make_accelerator(args)
+    accelerator.init_trackers("classify", config=tracker_config(args))
     datasets, num_classes = build_datasets(args)
+    sources = (ds.dataset if isinstance(ds, Subset) else ds for ds in datasets.values())
+    for rows in {id(rows): rows for rows in sources if isinstance(rows, ImageRows)}.values():
+        rows.check_decodable()
     accelerator.print(f"{num_classes} classes; samples: " + ", ".join(f"{k} {len(v)}" for k, v in datasets.items()))
-    variants = ({"reparam": True, "no_reparam": False} if args.compare_reparam
-                else {"reparam" if args.reparam else "no_reparam": args.reparam})
-    results = {name: train_variant(accelerator, args, config, datasets, num_classes, reparam, args.output_dir / name)
-               for name, reparam in variants.items()}
+
+    seed_everything(seed, deterministic=args.deterministic)
+    model = build_model(args, num_classes, reparam)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    loaders = [DataLoader(datasets[key], batch_size=config["batch_size"], shuffle=key == "train",
+                          num_workers=args.num_workers, drop_last=key == "train")
+               for key in ("train", "val", "test")]
+    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, *loaders)
+
+    def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits = model(images)
+        return {"loss": F.cross_entropy(logits, labels),
+                "accuracy": (logits.argmax(1) == labels).float().mean()}
+
+    run_dir = args.output_dir / variant / f"seed_{seed}"
+    state = fit(accelerator, model, optimizer, train_loader, training_step=training_step,
+                evaluate=lambda m: evaluate_classifier(accelerator, m, val_loader),
+                epochs=config["epochs"], run_dir=run_dir, monitor="accuracy", mode="max",
+                resume_from=resolve_resume(args.resume_from_checkpoint, run_dir),
+                checkpoints_total_limit=args.checkpoints_total_limit, log_prefix=f"{variant}/seed_{seed}/",
+                run_config=run_config(args))
+    if state.best_epoch is not None:
+        load_best_weights(accelerator, model, run_dir)
+    scores = evaluate_classifier(accelerator, model, test_loader)
+    accelerator.print(f"{variant} seed {seed}: test accuracy {scores['accuracy']:.4f}, "
+                      f"first non-finite loss at step {state.first_nonfinite_step}")
     if accelerator.is_main_process:
-        rows = {name: {seed: {k: r[k] for k in ("accuracy", "loss")} for seed, r in per_seed.items()}
-                for name, per_seed in results.items()}
-        md, _ = common.write_seed_table(rows, ("accuracy", "loss"), args.output_dir / "results")
-        accelerator.print(md.read_text())
-        if args.compare_reparam:
-            seed = common.seeds_from_args(args)[0]
-            labels = {"reparam": "with reparam", "no_reparam": "without reparam"}
-            plot_compare_reparam({labels[n]: results[n][seed]["steps"] for n in variants},
-                                 args.output_dir / "compare_reparam.png")
-            summary = {name: {s: {k: r[k] for k in ("first_nonfinite_step", "accuracy", "loss")}
-                              for s, r in per_seed.items()} for name, per_seed in results.items()}
-            (args.output_dir / "compare_reparam.json").write_text(json.dumps(summary, indent=1))
-    accelerator.end_training()
-    return results
+        record = {"seed": seed, "model": args.model, "reparam": reparam, "arma": not args.no_arma,
+                  "best_epoch": state.best_epoch, "first_nonfinite_step": state.first_nonfinite_step,
+                  "num_processes": accelerator.num_processes, "test_size": len(datasets["test"]), **scores}
+        (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
+        card = {"metrics": metrics_markdown(args, scores, state, reparam),
+                "description": f"`{args.model}` trained with `recipes/classify.py` (seed {seed})."}
+        publish(accelerator.unwrap_model(model), run_dir / "final", card, hub_repo_for_seed(args, seed))
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # not end_training(): later runs still need the process group
+        tracker.finish()
+    accelerator.free_memory()
+    return {**scores, "first_nonfinite_step": state.first_nonfinite_step, "steps": state.steps}
+
+
+def write_outputs(args: argparse.Namespace, results: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """The seed table, and with ``--compare-reparam`` the Fig. 5 plot and its summary."""
+    rows = {name: {seed: {k: r[k] for k in ("accuracy", "loss")} for seed, r in per_seed.items()}
+            for name, per_seed in results.items()}
+    md, _ = write_seed_table(rows, ("accuracy", "loss"), args.output_dir / "results")
+    print(md.read_text())
+    if args.compare_reparam:
+        seed = seeds_from_args(args)[0]
+        labels = {"reparam": "with reparam", "no_reparam": "without reparam"}
+        plot_compare_reparam({labels[name]: per_seed[seed]["steps"] for name, per_seed in results.items()},
+                             args.output_dir / "compare_reparam.png")
+        summary = {name: {s: {k: r[k] for k in ("first_nonfinite_step", "accuracy", "loss")}
+                          for s, r in per_seed.items()} for name, per_seed in results.items()}
+        (args.output_dir / "compare_reparam.json").write_text(json.dumps(summary, indent=1))
 
 
 # ----------------------------------------------------------------------------- CLI
 
-def make_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
@@ -341,40 +361,49 @@ def make_parser() -> argparse.ArgumentParser:
     data.add_argument("--label-column", default="label")
     data.add_argument("--image-size", type=int, default=32)
     data.add_argument("--limit", type=int, default=None, help="use only this many samples (seeded choice)")
-    common.add_training_args(parser, output_dir="runs/classify", epochs=10, batch_size=64, lr=1e-3)
+    add_training_args(parser, output_dir="runs/classify", epochs=10, batch_size=64, lr=1e-3)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse, apply ``--smoke`` defaults (explicit flags still win) and check before training."""
-    parser = make_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.smoke:
         parser.set_defaults(**SMOKE)
         args = parser.parse_args(argv)
     if args.data is None and args.hf_dataset is None and args.data_dir is None:
         parser.error("give one of --data digits, --hf-dataset, --data-dir or --smoke")
-    common.validate_training_args(args)
+    validate_training_args(args)
     if not timm.is_model(args.model):
         close = timm.list_models(f"*{args.model.split('.')[0][:5]}*")[:8]
         raise ValueError(f"--model {args.model!r} is not a timm model; similar names: {close}")
     if args.no_arma and (args.compare_reparam or not args.reparam):
         raise ValueError("--no-reparam/--compare-reparam are about ARMA layers; drop --no-arma")
-    if args.limit is not None and args.limit < 6:
-        raise ValueError(f"--limit must be >= 6 (a train/val/test split), got {args.limit}")
+    if args.limit is not None:
+        check_positive_int("--limit", args.limit, minimum=6)  # a train/val/test split
     if args.limit is not None and args.hf_dataset is not None:
         raise ValueError("--limit applies to --data/--data-dir; for --hf-dataset pick a split slice instead")
-    if args.image_size < 8:
-        raise ValueError(f"--image-size must be >= 8, got {args.image_size}")
+    check_positive_int("--image-size", args.image_size, minimum=8)
     args.model_kwargs = parse_model_kwargs(args.model_kwargs)
     ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary)  # validates both
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+    """Parse, claim ``--output-dir``, train every variant once per seed and write the outputs."""
     args = parse_args(argv)
+    prepare_output_dir(args)
     config = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
-    return training_function(config, args)
+    reparams = (True, False) if args.compare_reparam else (args.reparam,)
+    results = {variant_name(reparam): {seed: training_function({**config, "seed": seed, "reparam": reparam}, args)
+                                       for seed in seeds_from_args(args)}
+               for reparam in reparams}
+    state = PartialState()
+    if state.is_main_process:
+        write_outputs(args, results)
+    state.destroy_process_group()
+    return results
 
 
 if __name__ == "__main__":

@@ -4,18 +4,23 @@ A recipe keeps its own data, model and metrics; everything about *how* it trains
 lives here, so every recipe gets the same flags and the same behaviour:
 
 - :func:`add_training_args` — the common flags (precision, accumulation, trackers,
-  output dir, resume, seeds, Hub push, epochs, batch size, lr, CPU, workers).
+  output dir and its overwrite, resume, seeds, Hub push, epochs, batch size, lr, CPU, workers).
 - :func:`seeds_from_args`, :func:`seed_everything`, :func:`make_accelerator`.
-- :func:`fit` — the epoch loop: tqdm on the main process, gradient accumulation,
-  tracker logging, validation, best-val weights kept in ``<run_dir>/best``,
-  ``accelerator.save_state`` every epoch in ``<run_dir>/checkpoints/epoch_XXXX``
-  (with ``trainer_state.json``), and resume from such a folder.
+- :func:`prepare_output_dir` — one run per output folder: a new run refuses a folder that
+  holds another run (unless ``--overwrite-output-dir``, which clears it), a resumed run must
+  have the configuration stored in ``<output_dir>/run_config.json`` (see :func:`run_config`).
+- :func:`fit` — the epoch loop: refuses a loader that yields no batch, tqdm on the main
+  process, gradient accumulation, tracker logging, validation, best-val weights kept in
+  ``<run_dir>/best``, ``accelerator.save_state`` every epoch in
+  ``<run_dir>/checkpoints/epoch_XXXX`` (with ``trainer_state.json``, which also stores the
+  run configuration), and resume from such a folder.
 - :func:`load_best_weights` — put the best-val weights back into the model.
 - :func:`write_seed_table` — Table-2-style ``mean ± std`` over seeds (markdown + JSON).
-- :func:`seeded_split`, :func:`load_hf_dataset` — data plumbing every recipe needs.
+- :func:`seeded_split`, :func:`load_hf_dataset`, :func:`open_image`, :func:`check_decodable`
+  — data plumbing every recipe needs (every file is decoded once before the first step).
 
-Run layout: ``<output_dir>/seed_<s>/{checkpoints,best,final}`` per seed, and
-``<output_dir>/results.{md,json}`` across seeds.
+Run layout: ``<output_dir>/run_config.json``, ``<output_dir>/seed_<s>/{checkpoints,best,final}``
+per seed, and ``<output_dir>/results.{md,json}`` across seeds.
 """
 from __future__ import annotations
 
@@ -26,23 +31,33 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Sized
 
 import numpy as np
 import torch
 import torch.nn as nn
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
+from PIL import Image
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from arma_plugin import push_to_hub, save_pretrained
+from arma_plugin.table import format_table
+from arma_plugin.validation import check_positive_int
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "none")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 CHECKPOINTS_DIRNAME = "checkpoints"
 BEST_DIRNAME = "best"
 TRAINER_STATE_NAME = "trainer_state.json"
+RUN_CONFIG_NAME = "run_config.json"
+NOT_RUN_CONFIG = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "epochs", "push_to_hub",
+                  "report_to", "checkpoints_total_limit", "num_workers", "cpu")
+"""Flags that say where and how long a run goes, not what it trains: a resumed run may change
+them (``--epochs`` extends a run: no recipe's schedule depends on it)."""
+IMAGE_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises for an unreadable, truncated or corrupt image file."""
 
 TrainingStep = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 """``training_step(model, batch) -> {"loss": scalar tensor, **other scalar tensors to log}``."""
@@ -66,9 +81,14 @@ def add_training_args(parser: argparse.ArgumentParser, *, output_dir: str, epoch
     group.add_argument("--gradient-accumulation-steps", type=int, default=1)
     group.add_argument("--report-to", choices=REPORT_TO_CHOICES, default="none",
                        help="Accelerate tracker; logs go to OUTPUT_DIR/logs")
-    group.add_argument("--resume-from-checkpoint", nargs="?", const="latest", default=None,
+    reuse = group.add_mutually_exclusive_group()
+    reuse.add_argument("--resume-from-checkpoint", nargs="?", const="latest", default=None,
                        metavar="PATH",
-                       help="a checkpoints/epoch_XXXX folder, or no value for the latest one of each seed")
+                       help="a checkpoints/epoch_XXXX folder, or no value for the latest one of each seed; "
+                            "only a run with the same configuration (OUTPUT_DIR/run_config.json) continues")
+    reuse.add_argument("--overwrite-output-dir", action="store_true",
+                       help="delete the run already in OUTPUT_DIR first (without it, a new run refuses "
+                            "a folder that holds another run)")
     group.add_argument("--checkpoints-total-limit", type=int, default=2,
                        help="keep only this many newest epoch checkpoints per seed")
     seeds = group.add_mutually_exclusive_group()
@@ -87,10 +107,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, output_dir: str, epoch
 def validate_training_args(args: argparse.Namespace) -> None:
     """Reject values argparse cannot check on its own, before any training starts."""
     for name in ("epochs", "batch_size", "gradient_accumulation_steps", "checkpoints_total_limit"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+        check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_positive_int("--num-workers", args.num_workers, minimum=0)
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     seeds = seeds_from_args(args)
@@ -133,17 +151,97 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     torch's initial seed at ``prepare`` time, so call :func:`seed_everything` first — which is
     what lets a resumed run see exactly the batches an uninterrupted one would.
     """
-    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
-    no_gpu = not (torch.cuda.is_available() or torch.xpu.is_available())
     return Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        cpu=args.cpu or (launched_processes > 1 and no_gpu),
+        cpu=_use_cpu(args),
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(args.output_dir),
                                             logging_dir=str(args.output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+
+
+def _use_cpu(args: argparse.Namespace) -> bool:
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    no_gpu = not (torch.cuda.is_available() or torch.xpu.is_available())
+    return args.cpu or (launched_processes > 1 and no_gpu)
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that define a run (all but :data:`NOT_RUN_CONFIG`), as JSON values.
+
+    Stored in ``<output_dir>/run_config.json`` and in every checkpoint's trainer state; a
+    resumed run must have the same (:func:`prepare_output_dir`).
+    """
+    config = {key: value for key, value in vars(args).items() if key not in NOT_RUN_CONFIG}
+    return json.loads(json.dumps(config, default=str))  # paths -> str, tuples -> lists
+
+
+def _differing_keys(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    keys = sorted(set(stored) | set(current), key=str)
+    return ", ".join(f"--{key.replace('_', '-')} {stored.get(key, '(unset)')!r} -> {current.get(key, '(unset)')!r}"
+                     for key in keys if stored.get(key) != current.get(key))
+
+
+def prepare_output_dir(args: argparse.Namespace) -> dict[str, Any]:
+    """Make ``--output-dir`` hold this run and only it; returns :func:`run_config` ``(args)``.
+
+    Call once per invocation, before anything is written there (the seeds of one
+    invocation are one run). Every process checks; the main process clears and writes.
+
+    - A new run (no ``--resume-from-checkpoint``) refuses a folder that holds anything but a
+      ``run_config.json`` (a run that stopped before writing anything), deleting nothing,
+      unless ``--overwrite-output-dir``: then the previous run's files are deleted first —
+      only in a folder whose ``run_config.json`` shows that a recipe run wrote it.
+    - A resumed run refuses a stored configuration that differs from this one (naming the
+      differing flags), both the folder's and, for ``--resume-from-checkpoint PATH``, the
+      one in PATH's trainer state.
+    """
+    config = run_config(args)
+    output_dir = Path(args.output_dir)
+    config_path = output_dir / RUN_CONFIG_NAME
+    stored = json.loads(config_path.read_text()) if config_path.is_file() else None
+    held = sorted(p.name for p in output_dir.iterdir() if p.name != RUN_CONFIG_NAME) if output_dir.is_dir() else []
+    shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+    if args.resume_from_checkpoint is None:
+        if held and not args.overwrite_output_dir:
+            raise ValueError(f"--output-dir {str(output_dir)!r} already holds a run ({shown}); pass "
+                             "--overwrite-output-dir to replace it, --resume-from-checkpoint to continue "
+                             "it, or choose another --output-dir")
+        if held and stored is None:
+            raise ValueError(f"--output-dir {str(output_dir)!r} holds files that no recipe run wrote "
+                             f"({shown}; no {RUN_CONFIG_NAME}): --overwrite-output-dir deletes only a "
+                             "previous run; choose another --output-dir")
+    else:
+        if held and stored is None:
+            raise ValueError(f"--output-dir {str(output_dir)!r} holds files ({shown}) but no {RUN_CONFIG_NAME}: "
+                             "it cannot be checked to be the run being resumed; choose another --output-dir")
+        sources = {str(config_path): stored}
+        if args.resume_from_checkpoint != "latest":
+            checkpoint = Path(args.resume_from_checkpoint)
+            sources[str(checkpoint)] = TrainerState.load(checkpoint / TRAINER_STATE_NAME).run_config
+            if sources[str(checkpoint)] is None:
+                raise ValueError(f"--resume-from-checkpoint {str(checkpoint)!r} stores no run configuration "
+                                 "(fit() was not given run_config): it cannot be checked to be the same run")
+        for where, previous in sources.items():
+            if previous is not None and previous != config:
+                raise ValueError(f"--resume-from-checkpoint continues only the same run, but {where} was "
+                                 f"trained with other settings: {_differing_keys(previous, config)}")
+    state = PartialState(cpu=_use_cpu(args))
+    state.wait_for_everyone()  # every process has checked before the main process changes anything
+    if state.is_main_process:
+        if held and args.overwrite_output_dir:
+            for name in held:
+                path = output_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(json.dumps(config, indent=1))
+    state.wait_for_everyone()
+    return config
 
 
 def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,7 +256,8 @@ class TrainerState:
 
     ``history`` has one entry per finished epoch (``train_loss`` + validation metrics);
     ``steps`` one entry per micro-batch of the main process (``step``, ``loss``, extras);
-    ``first_nonfinite_step`` is the first micro-batch whose loss was NaN/inf (None if none).
+    ``first_nonfinite_step`` is the first micro-batch whose loss was NaN/inf (None if none);
+    ``run_config`` is the :func:`run_config` of the run (None if ``fit`` was not given one).
     """
 
     epoch: int = 0
@@ -168,6 +267,7 @@ class TrainerState:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: list[dict[str, float]] = field(default_factory=list)
     first_nonfinite_step: int | None = None
+    run_config: dict[str, Any] | None = None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -206,7 +306,8 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
         train_loader: Iterable, *, training_step: TrainingStep, evaluate: Evaluate, epochs: int,
         run_dir: Path, monitor: str, mode: str = "max", resume_from: Path | None = None,
-        checkpoints_total_limit: int = 2, log_prefix: str = "") -> TrainerState:
+        checkpoints_total_limit: int = 2, log_prefix: str = "",
+        run_config: Mapping[str, Any] | None = None) -> TrainerState:
     """Train ``model`` (already ``accelerator.prepare``-d with ``optimizer`` and loaders).
 
     Each epoch: train (gradient accumulation via ``accelerator.accumulate``), ``evaluate``,
@@ -214,15 +315,23 @@ def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optim
     then ``accelerator.save_state`` to ``run_dir/checkpoints/epoch_XXXX`` plus the
     :class:`TrainerState`. With ``resume_from`` the state is loaded and training continues
     after the epoch stored there; a finished run returns its state without training.
-    Metrics go to the trackers under ``log_prefix`` (e.g. ``"seed_0/"``).
+    Metrics go to the trackers under ``log_prefix`` (e.g. ``"seed_0/"``); ``run_config``
+    (:func:`run_config`) is stored in every checkpoint so that a resume can be checked.
+
+    A ``train_loader`` that yields no batch (e.g. fewer samples than one batch with
+    ``drop_last``) is refused before anything is trained or written: it would give zero
+    optimizer steps and a NaN training loss.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    _check_batches(accelerator, train_loader)
     state = TrainerState()
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state = TrainerState.load(resume_from / TRAINER_STATE_NAME)
         accelerator.print(f"resumed from {resume_from} (epoch {state.epoch} done)")
+    if run_config is not None:
+        state.run_config = dict(run_config)
 
     for epoch in range(state.epoch, epochs):
         model.train()
@@ -269,6 +378,17 @@ def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optim
             f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
         _save_checkpoint(accelerator, state, run_dir, checkpoints_total_limit)
     return state
+
+
+def _check_batches(accelerator: Accelerator, train_loader: Iterable) -> None:
+    if not isinstance(train_loader, Sized) or len(train_loader) > 0:
+        return
+    dataset = getattr(train_loader, "dataset", None)
+    samples = f"{len(dataset)} training samples" if isinstance(dataset, Sized) else "the training data"
+    batch = getattr(train_loader, "total_batch_size", None) or getattr(train_loader, "batch_size", None)
+    raise ValueError(f"{samples} give no batch per epoch at a batch size of {batch} (--batch-size per "
+                     f"process x {accelerator.num_processes} process(es); an incomplete last batch is "
+                     "dropped): training would take 0 optimizer steps; lower --batch-size")
 
 
 def _save_checkpoint(accelerator: Accelerator, state: TrainerState, run_dir: Path,
@@ -344,6 +464,38 @@ def load_hf_dataset(name: str) -> dict[str, Any]:
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
+def open_image(path: str | Path, *, draft_size: int | None = None) -> Image.Image:
+    """Open and decode an image file; a JPEG is decoded at the smallest scale >= ``draft_size``
+    when one is given (``Image.draft``: cheap for images much larger than the training size)."""
+    image = Image.open(path)
+    if draft_size is not None:
+        image.draft("RGB", (draft_size, draft_size))
+    image.load()
+    return image
+
+
+def check_decodable(names: Sequence[str], decode: Callable[[int], Any], *, what: str) -> None:
+    """Decode every item once before the first step, so that a truncated or corrupt file
+    fails now, named, rather than mid-training or at test time (and again on resume).
+
+    ``decode(i)`` decodes item ``i``, named ``names[i]`` in the error. Each process decodes
+    its share (``PartialState.split_between_processes``); the failures of all processes are
+    gathered, so that every process raises the same ``ValueError``.
+    """
+    state = PartialState()
+    failures = []
+    with state.split_between_processes(list(range(len(names)))) as mine:
+        for index in tqdm(mine, desc=f"checking {what}", disable=not state.is_local_main_process, leave=False):
+            try:
+                decode(index)
+            except IMAGE_DECODE_ERRORS as error:
+                failures.append(f"{names[index]} ({type(error).__name__}: {error})")
+    failures = sorted(gather_object(failures))
+    if failures:
+        raise ValueError(f"{len(failures)} of {len(names)} {what} cannot be decoded: " + "; ".join(failures[:5]) +
+                         ("; ..." if len(failures) > 5 else ""))
+
+
 def summarize(values: Sequence[float]) -> dict[str, float | None]:
     """Mean and sample standard deviation (ddof=1; ``None`` for a single value, which has none)."""
     array = np.asarray(values, dtype=np.float64)
@@ -369,7 +521,7 @@ def write_seed_table(rows: Mapping[str, Mapping[int, Mapping[str, float]]], colu
     extra_columns = extra_columns or {}
     extra_names = list(dict.fromkeys(k for cells in extra_columns.values() for k in cells))
     header = ["model", *extra_names, *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table_rows = []
     payload: dict[str, Any] = {}
     for model, per_seed in rows.items():
         seeds = sorted(per_seed)
@@ -379,7 +531,7 @@ def write_seed_table(rows: Mapping[str, Mapping[int, Mapping[str, float]]], colu
         stats = {c: summarize([per_seed[s][c] for s in seeds]) for c in columns}
         cells = [format_mean_std(stats[c], digits) for c in columns]
         extras = [extra_columns.get(model, {}).get(name, "") for name in extra_names]
-        lines.append("| " + " | ".join([model, *extras, *cells]) + " |")
+        table_rows.append([model, *extras, *cells])
         payload[model] = {"seeds": seeds, **extra_columns.get(model, {}),
                           "metrics": {c: {**stats[c], "per_seed": [per_seed[s][c] for s in seeds]}
                                       for c in columns}}
@@ -387,6 +539,6 @@ def write_seed_table(rows: Mapping[str, Mapping[int, Mapping[str, float]]], colu
     caption = f"mean ± std (sample std, ddof=1) over {'/'.join(map(str, n_seeds))} seed(s)"
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".json")
-    md_path.write_text("\n".join([*lines, "", caption, ""]))
+    md_path.write_text("\n".join([format_table(header, table_rows), "", caption, ""]))
     json_path.write_text(json.dumps(payload, indent=1))
     return md_path, json_path

@@ -145,6 +145,22 @@ def test_bad_image_folder_fails_before_training(tmp_path, make, match):
     assert not (tmp_path / "out" / "reparam").exists()
 
 
+def test_truncated_image_fails_before_training_named(tmp_path):
+    root = _image_folder(tmp_path / "data")
+    broken = root / "class_1" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"1 of 10 images cannot be decoded: .*class_1/3\.png"):
+        classify.main(["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--batch-size", "2"])
+    assert not (tmp_path / "out" / "reparam").exists()
+
+
+def test_batch_larger_than_the_train_split_refuses_before_training(tmp_path):
+    # --limit 10 gives 7 training digits; --batch-size 8 with drop_last: 0 optimizer steps if it ran
+    with pytest.raises(ValueError, match="7 training samples give no batch .* 0 optimizer steps"):
+        classify.main(["--smoke", "--limit", "10", "--batch-size", "8", "--output-dir", str(tmp_path)])
+    assert not (tmp_path / "reparam" / "seed_0" / "final").exists()
+
+
 @pytest.mark.parametrize("flags, match", [
     (["--model", "vgg_eleven"], "not a timm model"),
     (["--model-kwargs", "mlp_ratio"], "key=value"),

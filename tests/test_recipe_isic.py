@@ -1,6 +1,7 @@
 """recipes/isic.py: smoke run end to end, resume, two gloo processes, data loading, bad input."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 import common
 import isic
+import isic_data
 from arma_plugin import from_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +97,67 @@ def test_resume_after_epoch_one_matches_uninterrupted_run(smoke_run, tmp_path):
             # deterministic CPU kernels, same batches and RNG state: bit-identical
             assert torch.equal(resumed[key], tensor), (name, key)
 
+    # the data is checked again on resume: a file truncated since is named before any step
+    AcceleratorState._reset_state(reset_partial_state=True)
+    image = sorted((tmp_path / "smoke_data" / isic_data.IMAGE_DIR).glob("*.jpg"))[0]
+    _truncate(image)
+    with pytest.raises(ValueError, match=rf"1 of {2 * SMOKE_IMAGES} image and mask files cannot be decoded: .*{image.name}"):
+        run(tmp_path, "--epochs", "3", "--resume-from-checkpoint")
+    assert not (tmp_path / "seed_0" / "checkpoints" / "epoch_0003").exists()
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_new_run_into_a_used_output_dir_refuses_and_deletes_nothing(smoke_run):
+    output_dir, _, _ = smoke_run
+    before = _listing(output_dir)
+    with pytest.raises(ValueError, match="already holds a run .*--overwrite-output-dir"):
+        run(output_dir, "--epochs", "2")
+    assert _listing(output_dir) == before
+
+
+def test_resume_with_a_changed_lr_refuses(smoke_run):
+    output_dir, _, _ = smoke_run
+    before = _listing(output_dir)
+    with pytest.raises(ValueError, match=r"other settings: --lr 0.001 -> 0.01$"):
+        run(output_dir, "--epochs", "2", "--resume-from-checkpoint", "--lr", "0.01")
+    assert _listing(output_dir) == before
+
+
+def test_batch_larger_than_the_train_split_refuses_before_training(tmp_path):
+    # 8 training images, --batch-size 9 with drop_last: 0 optimizer steps if it ran
+    with pytest.raises(ValueError, match="8 training samples give no batch .* 0 optimizer steps"):
+        run(tmp_path, "--batch-size", "9")
+    assert not (tmp_path / "seed_0").exists() and not (tmp_path / "results.md").exists()
+
+
+def test_overwrite_output_dir_clears_the_previous_run(smoke_run, tmp_path):
+    output_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], output_dir)
+    assert (output_dir / "seed_0" / "checkpoints").is_dir()
+    # stopped by the batch check right after the folder is cleared, to keep the test short
+    with pytest.raises(ValueError, match="0 optimizer steps"):
+        run(output_dir, "--batch-size", "9", "--overwrite-output-dir")
+    assert not (output_dir / "seed_0").exists() and not (output_dir / "results.md").exists()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_truncated_image_and_mask_fail_before_training_named(tmp_path):
+    root = isic_data.write_synthetic_isic(tmp_path / "data", 8)
+    image = sorted((root / isic_data.IMAGE_DIR).glob("*.jpg"))[2]
+    mask = sorted((root / isic_data.MASK_DIR).glob("*.png"))[5]
+    _truncate(image)
+    _truncate(mask)
+    with pytest.raises(ValueError, match=rf"2 of 16 image and mask files cannot be decoded: .*{image.name}.*{mask.name}"):
+        isic.main(["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--encoder", "resnet18"])
+    assert not (tmp_path / "out" / "seed_0").exists()
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -119,20 +182,20 @@ def test_two_process_launch_counts_every_test_image_once(tmp_path):
 
 
 def test_smoke_split_sizes():
-    assert {k: len(v) for k, v in isic.split_indices(SMOKE_IMAGES).items()} == {"train": 8, "val": 1, "test": SMOKE_TEST_SIZE}
+    assert {k: len(v) for k, v in isic_data.split_indices(SMOKE_IMAGES).items()} == {"train": 8, "val": 1, "test": SMOKE_TEST_SIZE}
 
 
 def test_split_is_the_documented_isic_split():
-    split = isic.split_indices(2594)
+    split = isic_data.split_indices(2594)
     assert {k: len(v) for k, v in split.items()} == {"train": 1815, "val": 259, "test": 520}
     assert sorted(sum(split.values(), [])) == list(range(2594))
-    assert split == isic.split_indices(2594)
+    assert split == isic_data.split_indices(2594)
 
 
 @pytest.mark.parametrize("n", [5, 0])
 def test_split_refuses_too_few_samples(n):
     with pytest.raises(ValueError, match="too few"):
-        isic.split_indices(n)
+        isic_data.split_indices(n)
 
 
 def test_augmentation_keeps_masks_binary_and_aligned(tmp_path):
@@ -143,7 +206,7 @@ def test_augmentation_keeps_masks_binary_and_aligned(tmp_path):
     image_path, mask_path = tmp_path / "ISIC_0000000.jpg", tmp_path / "ISIC_0000000_segmentation.png"
     Image.fromarray(np.stack([mask] * 3, -1)).save(image_path, quality=100)
     Image.fromarray(mask).save(mask_path)
-    dataset = isic.LesionDataset(isic.FolderSource([(image_path, mask_path)], 32), [0], 32, augment=True)
+    dataset = isic_data.LesionDataset(isic_data.FolderSource([(image_path, mask_path)], 32), [0], 32, augment=True)
     torch.manual_seed(0)
     corners = set()
     for _ in range(16):
@@ -158,8 +221,8 @@ def test_augmentation_keeps_masks_binary_and_aligned(tmp_path):
 
 
 def test_synthetic_images_have_lesions_and_skin(tmp_path):
-    isic.write_synthetic_isic(tmp_path, 6)
-    for _, mask_path in isic.find_isic_pairs(tmp_path):
+    isic_data.write_synthetic_isic(tmp_path, 6)
+    for _, mask_path in isic_data.find_isic_pairs(tmp_path):
         lesion = (np.asarray(Image.open(mask_path)) > 0).mean()
         assert 0.02 < lesion < 0.6, mask_path.name
 
@@ -184,7 +247,7 @@ def test_hf_dataset_is_split_and_loaded(tmp_path, form):
     name = _save_hf_dataset(tmp_path, 12, form)
     args = isic.parse_args(["--hf-dataset", name, "--image-size", "32", "--encoder", "resnet18"])
     datasets = isic.build_datasets(args)
-    assert {k: len(v) for k, v in datasets.items()} == {k: len(v) for k, v in isic.split_indices(12).items()}
+    assert {k: len(v) for k, v in datasets.items()} == {k: len(v) for k, v in isic_data.split_indices(12).items()}
     image, mask = datasets["test"][0]
     assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
@@ -209,25 +272,25 @@ def _break_missing(root):
 
 
 def _break_empty(root):
-    for path in (root / isic.IMAGE_DIR).glob("*.jpg"):
+    for path in (root / isic_data.IMAGE_DIR).glob("*.jpg"):
         path.unlink()
     return root
 
 
 def _break_image_without_mask(root):
-    for path in sorted((root / isic.MASK_DIR).glob("*.png"))[:2]:
+    for path in sorted((root / isic_data.MASK_DIR).glob("*.png"))[:2]:
         path.unlink()
     return root
 
 
 def _break_mask_size(root):
-    mask_path = sorted((root / isic.MASK_DIR).glob("*.png"))[0]
+    mask_path = sorted((root / isic_data.MASK_DIR).glob("*.png"))[0]
     Image.open(mask_path).resize((10, 10)).save(mask_path)
     return root
 
 
 def _break_layout(root):
-    (root / isic.MASK_DIR).rename(root / "masks")
+    (root / isic_data.MASK_DIR).rename(root / "masks")
     return root
 
 
@@ -239,7 +302,7 @@ def _break_layout(root):
     (_break_layout, "has no ISIC2018_Task1_Training_GroundTruth/"),
 ])
 def test_bad_data_folder_fails_before_training(tmp_path, breaker, match):
-    root = breaker(isic.write_synthetic_isic(tmp_path / "data", 8))
+    root = breaker(isic_data.write_synthetic_isic(tmp_path / "data", 8))
     output_dir = tmp_path / "out"
     with pytest.raises(ValueError, match=match):
         isic.main(["--data-dir", str(root), "--output-dir", str(output_dir), "--encoder", "resnet18"])
@@ -287,30 +350,3 @@ def test_paper_preset_is_the_table_2_size():
     assert (args.encoder, args.image_size, args.lr) == ("mobilenet_v2", 224, 1e-3)
     count = common.count_parameters(isic.build_model(args))
     assert abs(count - 3.453e6) / 3.453e6 < 0.01  # Table 2: U-Net 3.453M; within 1%
-
-
-def test_seed_table_is_mean_and_sample_std(tmp_path):
-    rows = {"arma-unet": {0: {"JS": 0.7}, 1: {"JS": 0.8}, 2: {"JS": 0.9}}}
-    md, js = common.write_seed_table(rows, ["JS"], tmp_path / "results", extra_columns={"arma-unet": {"params": "3.45M"}})
-    # values chosen so that mean = 0.8 and the ddof=1 std = 0.1 exactly (ddof=0 would be 0.0816)
-    assert "| arma-unet | 3.45M | 0.800 ± 0.100 |" in md.read_text()
-    stats = json.loads(js.read_text())["arma-unet"]["metrics"]["JS"]
-    assert stats["per_seed"] == [0.7, 0.8, 0.9]
-    assert stats["std"] == pytest.approx(0.1, abs=1e-12)  # float64 rounding only
-
-
-def test_seed_table_of_one_seed_reports_no_spread(tmp_path):
-    md, js = common.write_seed_table({"unet": {0: {"JS": 0.75}}}, ["JS"], tmp_path / "results")
-    assert "| unet | 0.750 |" in md.read_text()
-    assert json.loads(js.read_text())["unet"]["metrics"]["JS"]["std"] is None
-
-
-def test_latest_checkpoint_skips_interrupted_saves(tmp_path):
-    for epoch, complete in [(1, True), (2, True), (3, False)]:
-        folder = tmp_path / "checkpoints" / f"epoch_{epoch:04d}"
-        folder.mkdir(parents=True)
-        if complete:
-            common.TrainerState(epoch=epoch).save(folder / common.TRAINER_STATE_NAME)
-    assert common.resolve_resume("latest", tmp_path).name == "epoch_0002"
-    assert common.resolve_resume("latest", tmp_path / "fresh") is None
-    assert common.resolve_resume(None, tmp_path) is None
