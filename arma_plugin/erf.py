@@ -243,6 +243,9 @@ def ar_layer_radius(left: Sequence[float] | np.ndarray, right: Sequence[float] |
     A channel whose taps are so near the stability boundary that its response does not fit in
     ``max_length`` samples gets ``inf``.
     """
+    for name, value in (("kernel_size", kernel_size), ("dilation", dilation), ("ar_dilation", ar_dilation),
+                        ("max_length", max_length)):
+        check_positive_int(name, value)
     left_t, right_t = np.asarray(left, dtype=np.float64), np.asarray(right, dtype=np.float64)
     if left_t.shape != right_t.shape or left_t.ndim not in (1, 2) or left_t.size == 0:
         raise ValueError(f"left and right must both be [Q] or [C, Q] taps, got shapes {left_t.shape} and {right_t.shape}")

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from arma_plugin import armafy
+from arma_plugin.cli import positive_int
 from arma_plugin.table import format_table
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int, int]]] = {
@@ -61,8 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from arma_plugin import armafy
+from arma_plugin.cli import positive_int
 from arma_plugin.erf import erf_map, erf_radius
 from arma_plugin.plots import plot_erf_comparison
 from arma_plugin.table import format_table
@@ -89,7 +90,7 @@ def training_function(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="Adam steps per phase (batch 16)")
+    parser.add_argument("--steps", type=positive_int, default=300, help="Adam steps per phase (batch 16)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PNG of the three ERF maps side by side")

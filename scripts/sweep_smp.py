@@ -22,6 +22,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
+from arma_plugin.cli import positive_int
 from sweep_timm import armafy_row, sweep_table
 
 DEFAULT_ENCODERS = ("resnet18", "mobilenet_v2", "efficientnet-b0", "tu-regnetx_002", "mit_b0")
@@ -65,8 +66,8 @@ def sweep_one(arch: str, encoder: str, kwargs: dict[str, Any], size: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", nargs="*", default=list(DEFAULT_ENCODERS))
-    parser.add_argument("--size", type=int, default=64, help="input side (a multiple of 32)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", type=positive_int, default=64, help="input side (a multiple of 32)")
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--tol", type=float, default=1e-5, help="identity-error target")
     parser.add_argument("--json", help="write all rows here")
     args = parser.parse_args()

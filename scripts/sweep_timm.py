@@ -25,6 +25,7 @@ import timm
 import torch
 
 from arma_plugin import armafy
+from arma_plugin.cli import positive_int
 from arma_plugin.convert import SkipReason
 from arma_plugin.table import format_table
 
@@ -167,11 +168,11 @@ def summary(rows: list[dict[str, Any]], tol: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="*", help="timm module names (default: timm.list_modules())")
-    parser.add_argument("--size", type=int, default=64, help="input side where the model accepts it")
-    parser.add_argument("--timeout", type=int, default=300, help="seconds per family")
-    parser.add_argument("--max-candidates", type=int, default=8,
+    parser.add_argument("--size", type=positive_int, default=64, help="input side where the model accepts it")
+    parser.add_argument("--timeout", type=positive_int, default=300, help="seconds per family")
+    parser.add_argument("--max-candidates", type=positive_int, default=8,
                         help="models per family whose size is counted (likeliest-small names first)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--tol", type=float, default=1e-5, help="identity-error target")
     parser.add_argument("--json", help="write all rows (with trace errors and skip reasons) here")
     args = parser.parse_args()
