@@ -256,8 +256,14 @@ def test_hf_dataset_is_split_and_loaded(tmp_path, form):
 def test_hf_dataset_mask_size_mismatch_is_reported(tmp_path):
     name = _save_hf_dataset(tmp_path, 8, "parquet", mask_size=(41, 48))
     args = isic.parse_args(["--hf-dataset", name, "--image-size", "32", "--encoder", "resnet18"])
+    train = isic.build_datasets(args)["train"]
     with pytest.raises(ValueError, match="mask size"):
-        isic.build_datasets(args)["train"][0]
+        train[0]
+    # and the decode pass finds every such row before training, naming it
+    rows = len(train)
+    with pytest.raises(ValueError, match=rf"{rows} of {rows} rows cannot be decoded: --hf-dataset .* train split "
+                                         r"row 0 \(ValueError: 'mask' of row 0: mask size"):
+        train.source.check_decodable()
 
 
 def test_hf_dataset_unknown_column_is_reported(tmp_path):
