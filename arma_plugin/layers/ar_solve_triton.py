@@ -15,7 +15,7 @@ recursion (both stable), started from the right boundary value, which a read-onl
 sweep computes first in closed form: the cyclic wrap-around (``u_{-1} = u_{m-1}``,
 ``v_m = v_0``) for ``circular``, the rank-one (Sherman–Morrison) term ``y_0`` for
 ``zeros``. Three sweeps per factor along the chain, each a vector operation over a
-tile of ``block_lines`` lines (coalesced along H, strided along W), no pivot table.
+tile of ``BLOCK_LINES`` lines (coalesced along H, strided along W), no pivot table.
 
 Forward: one launch along H (``x`` → float32 work buffer), one along W (work → output
 in the input dtype): all Q factors of an axis inside one launch, float32 accumulation
@@ -26,8 +26,8 @@ one launch along W solves the W factors of ``V`` (the states) and, factor by fac
 from the last, does the transposed solve of the gradient (``left``/``right`` swapped),
 pairs it with the state for the tap gradients (``-Σ u[i]·z[i∓d]``, fused in the last
 sweep) and re-applies the factor to the state; one launch does the same along H and
-writes ``dX``. Tap gradients: one partial sum per program and tap, summed once on
-device. No host synchronisation. Only valid for taps inside the stable region (the
+writes ``dX``. Tap gradients: one partial sum per line and tap, summed once on
+device (no reduction inside the kernels). No host synchronisation. Only valid for taps inside the stable region (the
 dispatcher checks, as for numba).
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-# Lines per program and warps per program: the GPU benchmark (scripts/gpu_check.py)
-# times the alternatives; these defaults are what it picks until it has run on a GPU.
+# Lines per program and warps per program, read at each call (the GPU benchmark,
+# scripts/gpu_check.py, times alternatives by setting them; not yet measured on a GPU).
 BLOCK_LINES = 64
 NUM_WARPS = 2
 
@@ -51,7 +51,7 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
     """Solve one factor on one chain of every line in the tile: ``src`` → ``dst`` (``mid``: scratch).
 
     With ``PAIR`` the last sweep also returns ``(Σ y[j]·z[j+1], Σ y[j]·z[j-1])`` over the
-    chain (the tap-gradient pairings) and, with ``APPLY``, replaces ``z`` by
+    chain, per line (the tap-gradient pairings), and, with ``APPLY``, replaces ``z`` by
     ``z[j] + apply_right·z[j-1] + apply_left·z[j+1]`` (the factor applied to the state).
     """
     acc_t = left.dtype
@@ -125,7 +125,7 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
                 tl.store(z + z_off + pos * z_step, z_cur + apply_right * z_prev + apply_left * z_next, mask=mask)
             z_next = z_cur
             z_cur = z_prev
-    return tl.sum(pair_next, 0), tl.sum(pair_prev, 0)
+    return pair_next, pair_prev
 
 
 @triton.jit
@@ -175,7 +175,8 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
 
     ``z_work`` holds the state before this axis's factors (solved here first if
     ``SOLVE_STATES``); ``grad`` the incoming gradient; ``u_dst`` receives the outgoing one.
-    Per program, the tap gradients ``(d left, d right)`` of every factor go to ``partial``.
+    The tap gradients ``(d left, d right)`` of every factor go to ``partial``, one partial sum
+    per line (summed on device by the caller; a line past the map's edge contributes 0).
     """
     c, mask, g_off, out_off = _tile(C, n_lines, g_sb, g_sc, g_sl, out_sb, out_sc, out_sl, BLOCK)
     acc_t = z_work.dtype.element_ty
@@ -188,13 +189,13 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
                 _chain_solve(z_work, out_off, out_sn, z_work, out_off, out_sn, z_work, out_off, out_sn, mask,
                              z_work, out_off, out_sn, r, m, d, n, left, right, left, right,
                              CIRCULAR, False, False, BLOCK)
-    slot = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * (2 * Q)
+    slots = ((tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)) * (2 * Q)
     for kk in tl.static_range(Q):
         k = Q - 1 - kk
         left = tl.load(taps + (c * Q + k) * 4 + TAP).to(acc_t)
         right = tl.load(taps + (c * Q + k) * 4 + TAP + 1).to(acc_t)
-        grad_left = tl.zeros([], acc_t)
-        grad_right = tl.zeros([], acc_t)
+        grad_left = tl.zeros([BLOCK], acc_t)
+        grad_right = tl.zeros([BLOCK], acc_t)
         for r in range(n_chains):
             m = n // n_chains if CIRCULAR else (n - r + d - 1) // d
             if kk == 0:
@@ -211,8 +212,8 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
                                                 left, right, CIRCULAR, True, (k > 0) or UNDO_FIRST, BLOCK)
             grad_left -= pair_next
             grad_right -= pair_prev
-        tl.store(partial + slot + 2 * k, grad_left)
-        tl.store(partial + slot + 2 * k + 1, grad_right)
+        tl.store(partial + slots + 2 * k, grad_left)
+        tl.store(partial + slots + 2 * k + 1, grad_right)
 
 
 def _chains(n: int, dilation: int, circular: bool) -> int:
@@ -229,18 +230,17 @@ def _axis_args(t: torch.Tensor, axis: int) -> tuple[int, int, int, int]:
     return (sb, sc, sh, sw) if axis == 2 else (sb, sc, sw, sh)
 
 
-def _launch_forward(src, work, dst, taps, axis, circular, dilation, block_lines, num_warps):
+def _launch_forward(src, work, dst, taps, axis, circular, dilation):
     b, c, h, w = src.shape
     n, n_lines = (h, w) if axis == 2 else (w, h)
-    grid = (b * c, triton.cdiv(n_lines, block_lines))
+    grid = (b * c, triton.cdiv(n_lines, BLOCK_LINES))
     _forward_axis_kernel[grid](src, work, dst, taps, c, n, n_lines, dilation, _chains(n, dilation, circular),
                                *_axis_args(src, axis), *_axis_args(work, axis),
                                TAP=0 if axis == 2 else 2, Q=taps.shape[1], CIRCULAR=circular,
-                               BLOCK=block_lines, num_warps=num_warps)
+                               BLOCK=BLOCK_LINES, num_warps=NUM_WARPS)
 
 
-def triton_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int,
-                    block_lines: int = BLOCK_LINES, num_warps: int = NUM_WARPS) -> torch.Tensor:
+def triton_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int) -> torch.Tensor:
     """``Y = A^{-1} X`` for ``x`` ``[B, C, H, W]`` (any float dtype and strides), taps ``[C, Q, 4]``."""
     out = torch.empty_like(x)
     if x.numel() == 0:
@@ -249,14 +249,13 @@ def triton_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation
     taps = taps.detach().to(acc).contiguous()
     work = out if out.dtype == acc else torch.empty_like(out, dtype=acc)
     circular = boundary == "circular"
-    _launch_forward(x, work, work, taps, 2, circular, dilation, block_lines, num_warps)
-    _launch_forward(work, work, out, taps, 3, circular, dilation, block_lines, num_warps)
+    _launch_forward(x, work, work, taps, 2, circular, dilation)
+    _launch_forward(work, work, out, taps, 3, circular, dilation)
     return out
 
 
 def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
-                             dilation: int, block_lines: int = BLOCK_LINES,
-                             num_warps: int = NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
+                             dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dL/dX, dL/dtaps)`` from ``dL/dY`` and the saved input ``X`` (see the module docstring)."""
     grad_x = torch.empty_like(x)
     if x.numel() == 0:
@@ -268,17 +267,17 @@ def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.
     circular = boundary == "circular"
     state = torch.empty_like(grad_x, dtype=acc)
     grad_v = grad_x if grad_x.dtype == acc else torch.empty_like(grad_x, dtype=acc)
-    _launch_forward(x, state, state, taps_acc, 2, circular, dilation, block_lines, num_warps)
+    _launch_forward(x, state, state, taps_acc, 2, circular, dilation)
     grad_taps = []
     for axis, grad_in, grad_out, solve_states in ((3, grad_y, grad_v, True), (2, grad_v, grad_x, False)):
         n, n_lines = (h, w) if axis == 2 else (w, h)
-        tiles = triton.cdiv(n_lines, block_lines)
-        partial = torch.empty(b, c, tiles, q, 2, dtype=acc, device=x.device)
+        tiles = triton.cdiv(n_lines, BLOCK_LINES)
+        partial = torch.empty(b, c, tiles * BLOCK_LINES, q, 2, dtype=acc, device=x.device)
         _backward_axis_kernel[(b * c, tiles)](
             grad_in, grad_v, grad_out, state, taps_acc, partial, c, n, n_lines, dilation,
             _chains(n, dilation, circular), *_axis_args(grad_in, axis), *_axis_args(state, axis),
             TAP=0 if axis == 2 else 2, Q=q, CIRCULAR=circular, SOLVE_STATES=solve_states,
-            UNDO_FIRST=solve_states, BLOCK=block_lines, num_warps=num_warps)
+            UNDO_FIRST=solve_states, BLOCK=BLOCK_LINES, num_warps=NUM_WARPS)
         grad_taps.append(partial.sum((0, 2)))
     grad_h, grad_w = grad_taps[1], grad_taps[0]
     return grad_x, torch.cat((grad_h, grad_w), -1).to(taps.dtype)

@@ -1,0 +1,226 @@
+"""The triton backend of the AR solve, run by Triton's interpreter on CPU tensors, against
+the dense float64 reference (values, dX, dalpha; Def. 1, 5; Thm 4, 6, 7).
+
+``TRITON_INTERPRET=1`` is set by ``conftest.py`` before anything imports triton (Triton
+reads it when it decorates kernels). The interpreter is slow (Python per vector
+operation): maps and batches stay small here, the full cross product of cases is ``-m slow``.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the triton backend needs Triton (it ships with the torch wheel)")
+
+from arma_plugin.layers import AutoRegressive2d, ar_taps, autoregressive2d  # noqa: E402
+from arma_plugin.layers import ar_solve_triton  # noqa: E402
+from arma_plugin.layers.ar_solve_op import BACKENDS, resolve_backend  # noqa: E402
+from arma_plugin.reference import ar_solve_reference, axis_operator  # noqa: E402
+
+if not ar_solve_triton.INTERPRETED:
+    pytest.skip("these tests run the Triton kernels on CPU tensors and need TRITON_INTERPRET=1 "
+                "(conftest.py sets it unless the environment sets it otherwise)", allow_module_level=True)
+
+BOUNDARIES = ["circular", "zeros"]
+EPS64 = torch.finfo(torch.float64).eps
+EPS32 = torch.finfo(torch.float32).eps
+# (Q, dilation, H×W, lines per program): every size of the issue with each boundary, Q = 1, 2, 3
+# and dilation 1, 2 each more than once; the last two rows have more lines than one
+# program's block along both axes (several programs per plane, partial last tile).
+CASES = [(1, 1, (1, 1), 64), (2, 2, (2, 7), 64), (3, 1, (5, 3), 64), (1, 2, (33, 20), 64),
+         (2, 1, (33, 20), 64), (3, 2, (7, 10), 4), (1, 1, (9, 6), 4)]
+
+
+def _case_id(case):
+    q, d, (h, w), block = case
+    return f"Q{q}-d{d}-{h}x{w}-block{block}"
+
+
+def _condition(taps: torch.Tensor, h: int, w: int, boundary: str, dilation: int) -> float:
+    """``‖A^{-1}‖·‖|A|‖`` per axis, worst channel: how much a backward-stable solve may lose."""
+    def axis(left: torch.Tensor, right: torch.Tensor, n: int) -> torch.Tensor:
+        inv_norm = torch.linalg.matrix_norm(torch.linalg.inv(axis_operator(left, right, n, boundary, dilation)), 2)
+        return inv_norm * torch.linalg.matrix_norm(axis_operator(left.abs(), right.abs(), n, boundary, dilation), 2)
+    taps = taps.detach().double()
+    return float((axis(taps[..., 0], taps[..., 1], h) * axis(taps[..., 2], taps[..., 3], w)).max())
+
+
+@torch.no_grad()
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300))
+
+
+def _reference(x, alpha, grad_out, boundary, dilation, reparam=True):
+    """``(y, dx, dalpha)`` by plain autograd through the dense float64 solve."""
+    x_ref = x.detach().double().requires_grad_()
+    alpha_ref = alpha.detach().double().requires_grad_()
+    y = ar_solve_reference(x_ref, ar_taps(alpha_ref, reparam), boundary, dilation)
+    gx, ga = torch.autograd.grad(y, (x_ref, alpha_ref), grad_out.double(), allow_unused=True)
+    return y.detach(), gx, torch.zeros_like(alpha_ref) if ga is None else ga  # 1×1 zeros: A = I
+
+
+def _triton(x, alpha, grad_out, boundary, dilation, reparam=True):
+    x = x.detach().requires_grad_()
+    alpha = alpha.detach().requires_grad_()
+    y = autoregressive2d(x, alpha, boundary, reparam=reparam, dilation=dilation, backend="triton")
+    gx, ga = torch.autograd.grad(y, (x, alpha), grad_out)
+    return y, gx, ga
+
+
+def _check_against_reference(boundary, q, dilation, size, block, dtype, scale, monkeypatch):
+    monkeypatch.setattr(ar_solve_triton, "BLOCK_LINES", block)
+    h, w = size
+    gen = torch.Generator().manual_seed(1000 * q + 10 * dilation + h)
+    alpha = scale * torch.randn(2, q, 4, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
+    y, gx, ga = _triton(x.to(dtype), alpha.to(dtype), grad_out.to(dtype), boundary, dilation)
+    y_ref, gx_ref, ga_ref = _reference(x, alpha, grad_out, boundary, dilation)
+    # Backward-stable solves: relative error ≲ c·eps·cond(A); c = 1e3 covers the O(n) growth
+    # of the reference's own LU error at n = 33, the gradient's second solve and the tap
+    # sums over B·H·W products.
+    eps = EPS64 if dtype == torch.float64 else EPS32
+    tol = 1e3 * eps * _condition(ar_taps(alpha), h, w, boundary, dilation)
+    assert y.dtype == gx.dtype == ga.dtype == dtype
+    assert _rel_err(y, y_ref) <= tol
+    assert _rel_err(gx, gx_ref) <= tol
+    assert (ga.double() - ga_ref).abs().max() <= tol * max(ga_ref.abs().max().item(), 1.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_float64_matches_dense_reference(boundary, case, monkeypatch):
+    """The method is exact: float64 in, float64 accumulation, agrees to float64 rounding.
+    alpha·3 puts taps near the stability boundary (ill-conditioned solves)."""
+    _check_against_reference(boundary, *case, torch.float64, 3.0, monkeypatch)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_float32_within_float32_rounding(boundary, monkeypatch):
+    _check_against_reference(boundary, 2, 2, (33, 20), 16, torch.float32, 1.0, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(itertools.product([1, 2, 3], [1, 2, 3], [(1, 1), (2, 7), (5, 3), (33, 20),
+                                                                           (17, 40), (64, 1), (1, 64)], [8, 64])),
+                         ids=_case_id)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_float64_sweep(boundary, case, monkeypatch):
+    _check_against_reference(boundary, *case, torch.float64, 3.0, monkeypatch)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_raw_taps_inside_the_stable_region(boundary):
+    """reparam=False: alpha holds the taps themselves; stable ones (|left|+|right| < 1) are solved."""
+    gen = torch.Generator().manual_seed(3)
+    taps = torch.rand(2, 2, 4, generator=gen, dtype=torch.float64) * 0.98 - 0.49  # |left|+|right| < 0.98
+    x = torch.randn(1, 2, 6, 5, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(1, 2, 6, 5, generator=gen, dtype=torch.float64)
+    y, gx, ga = _triton(x, taps, grad_out, boundary, 1, reparam=False)
+    y_ref, gx_ref, ga_ref = _reference(x, taps, grad_out, boundary, 1, reparam=False)
+    # float64, taps at most 0.98 of the way to the boundary: cond(A) ≲ 1e4, errors ~1e-12 at worst.
+    assert max(_rel_err(y, y_ref), _rel_err(gx, gx_ref), _rel_err(ga, ga_ref)) < 1e-10
+
+
+def test_forced_triton_rejects_unstable_raw_taps():
+    x = torch.randn(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"backend='triton' needs taps with \|left\|\+\|right\| < 1"):
+        autoregressive2d(x, torch.full((1, 1, 4), 0.6), reparam=False, backend="triton")
+
+
+def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setattr(ar_solve_triton, "INTERPRETED", False)  # as if imported without TRITON_INTERPRET=1
+    x = torch.randn(1, 2, 4, 4)
+    for force in ({"backend": "triton"}, {}):
+        if not force:
+            monkeypatch.setenv("ARMA_PLUGIN_BACKEND", "triton")
+        with pytest.raises(ValueError, match=r"backend='triton' cannot run on device=cpu.*" + re.escape(str(BACKENDS))):
+            autoregressive2d(x, torch.zeros(2, 1, 4), **force)
+
+
+def test_automatic_choice_on_cpu_is_not_triton():
+    """Under the interpreter triton is correct but slow: CPU tensors never pick it by themselves."""
+    assert resolve_backend(torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 4), known_stable=True) != "triton"
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_empty_batch(boundary):
+    layer = AutoRegressive2d(3, ar_kernel_size=5, boundary=boundary)
+    x = torch.randn(0, 3, 5, 4, requires_grad=True)
+    y = autoregressive2d(x, layer.alpha, boundary, backend="triton")
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad.shape == x.shape
+    assert torch.equal(layer.alpha.grad, torch.zeros_like(layer.alpha))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_in_and_out(dtype):
+    """Half input is loaded and stored as is, accumulated in float32: output, dX and the saved
+    input keep the input dtype; values within the half format's rounding of the reference."""
+    gen = torch.Generator().manual_seed(5)
+    alpha = torch.randn(2, 2, 4, generator=gen)
+    x = torch.randn(2, 2, 9, 11, generator=gen).to(dtype).requires_grad_()
+    grad_out = torch.randn(2, 2, 9, 11, generator=gen).to(dtype)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = autoregressive2d(x, alpha.requires_grad_(), "zeros", backend="triton")
+    gx, ga = torch.autograd.grad(y, (x, alpha), grad_out)
+    y_ref, gx_ref, ga_ref = _reference(x.float(), alpha, grad_out.float(), "zeros", 1)
+    assert y.dtype == gx.dtype == dtype and ga.dtype == torch.float32
+    assert [t.dtype for t in saved if t.numel() == x.numel()] == [dtype]  # X itself, not a float32 copy
+    # One rounding of the output to the half format (2^-8 for bfloat16, 2^-11 for float16,
+    # relative to the largest entry), times 4 for the float32 solve of a half-rounded input
+    # and gradient; the tap gradients are float32 sums of such products.
+    tol = 4 * torch.finfo(dtype).eps
+    assert _rel_err(y, y_ref) <= tol and _rel_err(gx, gx_ref) <= tol and _rel_err(ga, ga_ref) <= tol
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_strided_inputs_without_a_layout_copy(boundary, monkeypatch):
+    """channels_last and a non-dense view give the same numbers as the contiguous input (the
+    kernels take strides; the arithmetic does not depend on them), channels_last comes back."""
+    monkeypatch.setattr(ar_solve_triton, "BLOCK_LINES", 4)
+    gen = torch.Generator().manual_seed(6)
+    alpha = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)
+    base = torch.randn(2, 3, 6, 14, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(2, 3, 6, 7, generator=gen, dtype=torch.float64)
+    y, gx, ga = _triton(base[..., ::2].contiguous(), alpha, grad_out, boundary, 2)
+    for x in (base[..., ::2].contiguous(memory_format=torch.channels_last), base[..., ::2]):
+        ys, gxs, gas = _triton(x, alpha, grad_out, boundary, 2)
+        # tap gradients: the same products, summed in another order across programs
+        assert torch.equal(ys, y) and torch.equal(gxs, gx) and torch.allclose(gas, ga, rtol=1e-14, atol=0)
+    cl = base[..., ::2].contiguous(memory_format=torch.channels_last)
+    assert autoregressive2d(cl, alpha, boundary, backend="triton").is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_inplace_op_on_output_keeps_gradients_right(boundary):
+    """timm/SMP apply ReLU(inplace=True) right after a conv: backward must not need Y intact."""
+    gen = torch.Generator().manual_seed(8)
+    alpha = torch.randn(3, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    autoregressive2d(x * 1.0, alpha, boundary, backend="triton").relu_().sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    alpha_ref = alpha.detach().clone().requires_grad_()
+    ar_solve_reference(x_ref, ar_taps(alpha_ref), boundary).relu().sum().backward()
+    # float64, well-conditioned (alpha ~ N(0,1)): exact up to ~1e-15 relative.
+    assert _rel_err(x.grad, x_ref.grad) < 1e-11 and _rel_err(alpha.grad, alpha_ref.grad) < 1e-11
+
+
+def test_compile_fullgraph_with_fake_tensors(monkeypatch):
+    """The custom op is opaque to torch.compile; its fake (meta) functions must give the real
+    outputs' dtype and layout, also for channels_last bfloat16 (aot_eager traces both passes)."""
+    monkeypatch.setenv("ARMA_PLUGIN_BACKEND", "triton")
+    layer = AutoRegressive2d(3, boundary="zeros")
+    with torch.no_grad():
+        layer.alpha.normal_()
+    x = torch.randn(1, 3, 5, 6).to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    y_eager = layer(x)
+    assert torch.equal(y, y_eager) and y.stride() == y_eager.stride() and y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and layer.alpha.grad is not None
