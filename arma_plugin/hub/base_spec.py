@@ -10,9 +10,10 @@ timm). The rule, applied to the arguments at every depth of nested objects and l
 * a weight-source argument (:data:`WEIGHT_SOURCE_ARGS`) is refused;
 * a string naming a model source (``hf-hub:``, ``hf_hub:``, ``local-dir:``, also after ``tu-``)
   is refused, in the arguments and in the architecture name;
-* a pretrained switch (:data:`PRETRAINED_SWITCHES`) is forced off, and passed off explicitly to
-  every constructor that accepts it (SMP's ``TimmUniversalEncoder`` defaults to
-  ``pretrained=True``).
+* a pretrained switch (:data:`PRETRAINED_SWITCHES`) at the top level is forced off (the config
+  records how the base was first built, e.g. SMP's ``encoder_weights="imagenet"``) and passed
+  off explicitly to every constructor that accepts it (SMP's ``TimmUniversalEncoder`` defaults
+  to ``pretrained=True``); a nested one that is on is refused.
 
 timm's own ``pretrained_cfg`` is kept without its source fields (``url``, ``file``,
 ``hf_hub_id``, ...) and the model is built with ``pretrained=False``.
@@ -186,29 +187,22 @@ def base_spec_from_library_config(config: dict[str, Any], path: str) -> BaseSpec
 
 
 def weight_sources(value: Any, where: str = "") -> list[str]:
-    """Where ``value`` (nested objects and lists) asks for weights: weight-source arguments and
-    model-source strings, each as its path (``"encoder.checkpoint_path"``, ``"encoder_name"``)."""
+    """Where ``value`` (nested objects and lists) asks for weights, each as its path
+    (``"encoder.checkpoint_path"``, ``"encoder_name"``): weight-source arguments, model-source
+    strings, and pretrained switches set on below the top level (where they cannot be forced
+    off without guessing what they belong to)."""
     found = []
     if isinstance(value, Mapping):
         for key, item in value.items():
             at = f"{where}.{key}" if where else str(key)
-            found += [at] if key in WEIGHT_SOURCE_ARGS else weight_sources(item, at)
+            nested_switch_on = where and key in PRETRAINED_SWITCHES and item != PRETRAINED_SWITCHES[key]
+            found += [at] if key in WEIGHT_SOURCE_ARGS or nested_switch_on else weight_sources(item, at)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             found += weight_sources(item, f"{where}[{index}]")
     elif isinstance(value, str) and _MODEL_SOURCE.search(value):
         found.append(where or repr(value))
     return found
-
-
-def _switched_off(value: Any) -> Any:
-    """``value`` with every pretrained switch, at any depth, set to its off value."""
-    if isinstance(value, Mapping):
-        return {k: PRETRAINED_SWITCHES[k] if k in PRETRAINED_SWITCHES else _switched_off(v)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_switched_off(v) for v in value]
-    return value
 
 
 def _pretrained_switches_of(constructor: Callable) -> dict[str, Any]:
@@ -233,7 +227,8 @@ def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str,
     refused = weight_sources(spec.model_args)
     if refused:
         raise CorruptCheckpointError(path, f"model_args {refused} would load or download weights; refused")
-    args = {**_switched_off(spec.model_args), **overrides}
+    args = {**spec.model_args, **overrides}
+    args.update({k: off for k, off in PRETRAINED_SWITCHES.items() if k in args})
     if spec.library == TIMM:
         import timm
         if not timm.is_model(spec.architecture):
@@ -241,9 +236,9 @@ def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str,
                                                  f"{spec.architecture!r}")
         pretrained_cfg = {k: v for k, v in (spec.pretrained_cfg or {}).items()
                           if k not in _PRETRAINED_CFG_SOURCES}
-        args.pop("pretrained", None)
-        build = lambda: timm.create_model(spec.architecture, pretrained=False,  # noqa: E731
-                                          pretrained_cfg=pretrained_cfg or None, **args)
+        args = {"pretrained": False, **args}
+        build = lambda: timm.create_model(spec.architecture, pretrained_cfg=pretrained_cfg or None,  # noqa: E731
+                                          **args)
     else:
         if spec.library == SMP:
             import segmentation_models_pytorch as smp
@@ -253,7 +248,7 @@ def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str,
                                                      f"has no model class {spec.architecture!r}")
         else:
             cls = resolve_factory(spec.architecture, path, policy)
-        args.update(_pretrained_switches_of(cls))
+        args = {**_pretrained_switches_of(cls), **args}
         build = lambda: cls(**args)  # noqa: E731
     try:
         return build()
