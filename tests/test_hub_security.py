@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import shutil
 import sys
@@ -27,7 +28,8 @@ from hub_models import TINY, edit_config, states_equal, trained_arma
 @pytest.fixture
 def payload_checkpoint(tmp_path, monkeypatch):
     """``make(folder, module)``: a TinyNet checkpoint in ``tmp_path/ckpt`` whose factory is
-    ``<module>:Model``, and ``folder/<module>.py`` that writes ``marker`` when imported."""
+    ``<module>:Model``, and ``folder/<module as a path>.py`` that writes ``marker`` when imported
+    (in a namespace package if the module is dotted)."""
     model, save_kwargs, _ = trained_arma("factory-tinynet")
     checkpoint = save_pretrained(model, tmp_path / "ckpt", **save_kwargs)
     marker = tmp_path / "marker"
@@ -35,17 +37,18 @@ def payload_checkpoint(tmp_path, monkeypatch):
 
     def make(folder: Path, module: str = "payload") -> Path:
         edit_config(checkpoint, lambda c: c["base"].update(architecture=f"{module}:Model"))
-        folder.mkdir(exist_ok=True)
-        (folder / f"{module}.py").write_text(
+        source = folder.joinpath(*module.split(".")).with_suffix(".py")
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(
             f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
             f"from {TINY.partition(':')[0]} import TinyNet as Model\n")
         importlib.invalidate_caches()
-        names.append(module)
+        names.extend(module.split(".")[:i + 1] for i in range(module.count(".") + 1))
         return checkpoint
 
     yield make, checkpoint, marker
-    for name in names:
-        sys.modules.pop(name, None)
+    for parts in names:
+        sys.modules.pop(".".join(parts), None)
 
 
 def _cwd_on_path(monkeypatch, folder: Path) -> None:
@@ -99,6 +102,17 @@ def _setup_cwd_shadows_installed(make, checkpoint, tmp_path, monkeypatch):
     return checkpoint
 
 
+def _setup_cwd_portion_of_a_namespace_package(make, checkpoint, tmp_path, monkeypatch):
+    """An installed namespace package ``nspkg``, already imported; the cwd holds ``nspkg/payload.py``."""
+    (tmp_path / "site" / "nspkg").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"nspkg": ["nspkg"]})
+    make(tmp_path / "work", "nspkg.payload")
+    _cwd_on_path(monkeypatch, tmp_path / "work")
+    importlib.import_module("nspkg")
+    return checkpoint
+
+
 def _setup_other_folder_not_installed(make, checkpoint, tmp_path, monkeypatch):
     make(tmp_path / "lib")
     monkeypatch.syspath_prepend(str(tmp_path / "lib"))
@@ -111,6 +125,8 @@ REFUSED_FACTORY_MODULES = {
     "Hub cache snapshot on sys.path": (_setup_hub_cache_on_sys_path, "inside the checkpoint or the Hub cache"),
     "cwd, not installed": (_setup_cwd_not_installed, "is not an installed package"),
     "cwd shadows an installed package": (_setup_cwd_shadows_installed, "from the current directory"),
+    "cwd portion of a namespace package": (_setup_cwd_portion_of_a_namespace_package,
+                                           "'nspkg.payload' would be imported from the current directory"),
     "other folder, not installed": (_setup_other_folder_not_installed, "is not an installed package"),
 }
 

@@ -43,7 +43,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """``config.json`` as a dict, refused as corrupt if unreadable or nested too deep."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise CorruptCheckpointError(path, f"cannot be read ({err})") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(path, f"is not valid JSON ({err})") from err
     except RecursionError as err:
         raise CorruptCheckpointError(path, f"is nested deeper than {MAX_CONFIG_DEPTH} levels") from err

@@ -80,20 +80,35 @@ class ImportPolicy:
                     raise UnsafeCheckpointError(where, f"model factory module {name!r} is found in "
                                                        f"{location}, inside the checkpoint or the Hub "
                                                        "cache; code is never imported from there")
-            if depth == 1 and top not in self.trusted:
-                self._check_installed(top, spec, where)
+            if top in self.trusted:
+                continue
+            if depth == 1:
+                self._check_installed(top, where)
+            # a top-level module, or one inside a namespace package (whose portions are gathered
+            # from every sys.path entry), may come from the cwd; a regular package's submodules
+            # come from the package's own, already allowed, directory
+            parent = sys.modules.get(name.rpartition(".")[0])
+            if depth == 1 or getattr(parent, "__file__", None) is None:
+                self._check_not_in_cwd(top, name, spec, where)
 
-    def _check_installed(self, top: str, spec: Any, where: str | os.PathLike) -> None:
-        hint = (f"if you trust it, pass trust_factories=({top!r},) to from_pretrained, or import "
-                f"{top} yourself first")
+    @staticmethod
+    def _check_installed(top: str, where: str | os.PathLike) -> None:
         if top not in importlib.metadata.packages_distributions():
             raise UnsafeCheckpointError(where, f"model factory module {top!r} is not an installed "
-                                               f"package and is not imported yet; {hint}")
+                                               f"package and is not imported yet; {_trust_hint(top)}")
+
+    @staticmethod
+    def _check_not_in_cwd(top: str, name: str, spec: Any, where: str | os.PathLike) -> None:
         cwd = Path.cwd().resolve()
-        if any(location.parent == cwd for location in _locations(spec)):
-            raise UnsafeCheckpointError(where, f"model factory module {top!r} would be imported from "
+        if any(p.parent == cwd or p.is_relative_to(cwd / top) for p in _locations(spec)):
+            raise UnsafeCheckpointError(where, f"model factory module {name!r} would be imported from "
                                                f"the current directory {cwd}, not from the installed "
-                                               f"package; {hint}")
+                                               f"package; {_trust_hint(top)}")
+
+
+def _trust_hint(top: str) -> str:
+    return (f"if you trust it, pass trust_factories=({top!r},) to from_pretrained, or import {top} "
+            "yourself first")
 
 
 def _locations(spec: Any) -> list[Path]:
