@@ -87,16 +87,16 @@ def _spectral_tap_grads(cross: torch.Tensor, factors: torch.Tensor, phase: torch
                         scale: float) -> torch.Tensor:
     """``(dleft, dright)`` ``[C, Q, 2]`` from the per-bin ``Σ conj(dX̂) X̂`` of one axis ``[C, k]``."""
     ratio = cross[:, None, :] / factors
-    return -scale * torch.stack(((ratio * phase).sum(-1).real, (ratio * phase.conj()).sum(-1).real), dim=-1)
+    return -scale * torch.stack(((ratio * phase).sum(-1).real, (ratio * phase.conj_physical()).sum(-1).real), dim=-1)
 
 
 def _circular_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor,
                        dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
     h, w = x.shape[-2:]
     phase_h, f, phase_w, g, spectrum = _circular_spectra(taps, h, w, dilation)
-    spec_dx = torch.fft.rfft2(grad_y) / spectrum.conj()
+    spec_dx = torch.fft.rfft2(grad_y) / spectrum.conj_physical()
     grad_x = torch.fft.irfft2(spec_dx, s=(h, w))
-    cross = (spec_dx.conj() * torch.fft.rfft2(x)).sum(0)  # [C, H, W//2+1]
+    cross = (spec_dx.conj_physical() * torch.fft.rfft2(x)).sum(0)  # [C, H, W//2+1]
     # The one-sided W bins stand for themselves and their mirror images, except 0 and W/2.
     mirrored = torch.full((w // 2 + 1,), 2.0, dtype=taps.dtype, device=taps.device)
     mirrored[0] = 1.0
@@ -109,32 +109,37 @@ def _circular_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor
     return grad_x, grad_taps
 
 
-def _states(inverses: list[torch.Tensor], t: torch.Tensor) -> list[torch.Tensor]:
-    """``[Z_1, …, Z_Q]`` with ``Z_k = M_k^{-1} Z_{k-1}``, ``Z_0 = t``, along dim -2."""
+def _apply(mat: torch.Tensor, t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``mat`` ``[C, n, n]`` applied to ``t`` ``[B, C, H, W]`` along ``dim`` (-2: H, -1: W)."""
+    return mat @ t if dim == -2 else t @ mat.transpose(-1, -2)
+
+
+def _states(inverses: list[torch.Tensor], t: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    """``[Z_1, …, Z_Q]`` with ``Z_k = M_k^{-1} Z_{k-1}``, ``Z_0 = t``, along ``dim``."""
     states = []
     for inv in inverses:
-        t = inv @ t
+        t = _apply(inv, t, dim)
         states.append(t)
     return states
 
 
-def _diagonal_sums(u: torch.Tensor, z: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``(-Σ_i u[i]·z[i+d], -Σ_i u[i]·z[i-d])`` along dim -2, summed over the rest but C: ``[C, 2]``."""
-    inner = max(u.shape[-2] - dilation, 0)
+def _diagonal_sums(u: torch.Tensor, z: torch.Tensor, dilation: int, dim: int) -> torch.Tensor:
+    """``(-Σ_i u[i]·z[i+d], -Σ_i u[i]·z[i-d])`` along ``dim``, summed over all but C: ``[C, 2]``."""
+    inner = max(u.shape[dim] - dilation, 0)
     dims = (0, 2, 3)
-    left = (u[..., :inner, :] * z[..., dilation:, :]).sum(dims)
-    right = (u[..., dilation:, :] * z[..., :inner, :]).sum(dims)
+    left = (u.narrow(dim, 0, inner) * z.narrow(dim, dilation if inner else 0, inner)).sum(dims)
+    right = (u.narrow(dim, dilation if inner else 0, inner) * z.narrow(dim, 0, inner)).sum(dims)
     return -torch.stack((left, right), dim=-1)
 
 
 def _axis_backward(inverses: list[torch.Tensor], states: list[torch.Tensor], grad_out: torch.Tensor,
-                   dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dZ_0, (dleft, dright) [C, Q, 2])`` of ``Z_Q = M_Q^{-1}…M_1^{-1} Z_0`` along dim -2."""
+                   dilation: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dL/dZ_0, (dleft, dright) [C, Q, 2])`` of ``Z_Q = M_Q^{-1}…M_1^{-1} Z_0`` along ``dim``."""
     grads = []
     u = grad_out
     for inv, z in zip(reversed(inverses), reversed(states)):
-        u = inv.transpose(-1, -2) @ u
-        grads.append(_diagonal_sums(u, z, dilation))
+        u = _apply(inv.transpose(-1, -2), u, dim)
+        grads.append(_diagonal_sums(u, z, dilation, dim))
     return u, torch.stack(grads[::-1], dim=1)
 
 
@@ -143,11 +148,11 @@ def _zeros_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor,
     h, w = x.shape[-2:]
     f_inv = _factor_inverses(taps[..., 0], taps[..., 1], h, dilation)
     g_inv = _factor_inverses(taps[..., 2], taps[..., 3], w, dilation)
-    # Y = A_H^{-1} X A_W^{-T}: the H solves run first, the W solves act on S^T = (A_H^{-1} X)^T.
-    h_states = _states(f_inv, x)
-    w_states = _states(g_inv, h_states[-1].transpose(-1, -2))
-    grad_s_t, grad_g = _axis_backward(g_inv, w_states, grad_y.transpose(-1, -2), dilation)
-    grad_x, grad_f = _axis_backward(f_inv, h_states, grad_s_t.transpose(-1, -2), dilation)
+    # Y = A_H^{-1} X A_W^{-T}: the H solves run first, the W solves on their result.
+    h_states = _states(f_inv, x, -2)
+    w_states = _states(g_inv, h_states[-1], -1)
+    grad_s, grad_g = _axis_backward(g_inv, w_states, grad_y, dilation, -1)
+    grad_x, grad_f = _axis_backward(f_inv, h_states, grad_s, dilation, -2)
     return grad_x, torch.cat((grad_f, grad_g), dim=-1)
 
 

@@ -1,0 +1,39 @@
+"""``torch.library.opcheck`` on the AR solve's custom ops: schema, fake (meta) kernels,
+autograd registration and AOT dispatch, for every backend that runs on CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import arma_plugin.layers.ar_solve_op  # noqa: F401  (registers torch.ops.arma_plugin.*)
+from arma_plugin.layers import ar_taps
+from arma_plugin.layers.ar_solve_op import numba_available
+
+# One entry per backend; a backend that cannot run here is skipped with its reason.
+BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba missing"))]
+BOUNDARIES = ["circular", "zeros"]
+
+
+def _inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    taps = ar_taps(torch.randn(3, 2, 4, generator=gen, dtype=dtype))
+    x = torch.randn(2, 3, 5, 6, generator=gen, dtype=dtype)
+    grad_y = torch.randn(2, 3, 5, 6, generator=gen, dtype=dtype)
+    return x, taps, grad_y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_ar_solve(backend, boundary, dtype):
+    x, taps, _ = _inputs(dtype)
+    torch.library.opcheck(torch.ops.arma_plugin.ar_solve.default,
+                          (x.requires_grad_(), taps.requires_grad_(), boundary, 2, backend))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_ar_solve_backward(backend, boundary, dtype):
+    x, taps, grad_y = _inputs(dtype)
+    torch.library.opcheck(torch.ops.arma_plugin.ar_solve_backward.default, (grad_y, x, taps, boundary, 1, backend))
