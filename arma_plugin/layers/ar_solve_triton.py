@@ -60,34 +60,40 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
     b = right / s
     inv_s = 1.0 / s
     one = tl.full([], 1.0, acc_t)
-    # Sweep 1 (read only): the open causal recursion w[j] = x[j]/s - b·w[j-1].
+    src = src + src_off
+    mid = mid + mid_off
+    dst = dst + dst_off
+    # Sweep 1 (read only): the open causal recursion w[j] = x[j]/s - b·w[j-1] and what the
+    # boundary needs from it.
     w = tl.zeros([BLOCK], acc_t)
-    w_sum = tl.zeros([BLOCK], acc_t)  # Σ (-a)^j w[j]
-    pow_a = one
-    pow_b = one
-    pow_ab = one
-    ab_sum = tl.zeros([], acc_t)  # Σ_{j<m} (ab)^j
-    for j in range(m):
-        pos = ((start + j * d) % n).to(tl.int64)
-        x = tl.load(src + src_off + pos * src_step, mask=mask, other=0.0).to(acc_t)
-        w = x * inv_s - b * w
-        w_sum += pow_a * w
-        pow_a = pow_a * -a
-        pow_b = pow_b * -b
-        ab_sum += pow_ab
-        pow_ab = pow_ab * (a * b)
     if CIRCULAR:
+        pow_b = one
+        for j in range(m):
+            x = tl.load(src + ((start + j * d) % n).to(tl.int64) * src_step, mask=mask, other=0.0).to(acc_t)
+            w = x * inv_s - b * w
+            pow_b = pow_b * -b
         u = w / (1.0 - pow_b)  # u[m-1] of the closed cycle: the causal start u[-1]
     else:
+        w_sum = tl.zeros([BLOCK], acc_t)  # Σ (-a)^j w[j]
+        pow_a = one
+        pow_ab = one
+        ab_sum = tl.zeros([], acc_t)  # Σ_{j<m} (ab)^j
+        for j in range(m):
+            x = tl.load(src + (start + j * d).to(tl.int64) * src_step, mask=mask, other=0.0).to(acc_t)
+            w = x * inv_s - b * w
+            w_sum += pow_a * w
+            pow_a = pow_a * -a
+            ab_sum += pow_ab
+            pow_ab = pow_ab * (a * b)
         u = a * (w_sum / (ab_sum + pow_ab))  # a·y[0]: the rank-one boundary term
     # Sweep 2: causal u[j] = x[j]/s - b·u[j-1] (exact start), stored in mid.
     u_sum = tl.zeros([BLOCK], acc_t)  # Σ (-a)^j u[j], for the cyclic anti-causal start
     pow_a = one
     for j in range(m):
         pos = ((start + j * d) % n).to(tl.int64)
-        x = tl.load(src + src_off + pos * src_step, mask=mask, other=0.0).to(acc_t)
+        x = tl.load(src + pos * src_step, mask=mask, other=0.0).to(acc_t)
         u = x * inv_s - b * u
-        tl.store(mid + mid_off + pos * mid_step, u.to(mid.dtype.element_ty), mask=mask)
+        tl.store(mid + pos * mid_step, u.to(mid.dtype.element_ty), mask=mask)
         if CIRCULAR:
             u_sum += pow_a * u
             pow_a = pow_a * -a
@@ -99,30 +105,30 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
     pair_next = tl.zeros([BLOCK], acc_t)
     pair_prev = tl.zeros([BLOCK], acc_t)
     if PAIR:
-        last = ((start + (m - 1) * d) % n).to(tl.int64)
-        z_cur = tl.load(z + z_off + last * z_step, mask=mask, other=0.0)
+        z = z + z_off
+        z_cur = tl.load(z + ((start + (m - 1) * d) % n).to(tl.int64) * z_step, mask=mask, other=0.0)
         z_wrap = z_cur  # z[m-1] before it is overwritten: z[j-1] of j = 0 on a cycle
         if CIRCULAR:
-            z_next = tl.load(z + z_off + (start % n).to(tl.int64) * z_step, mask=mask, other=0.0)
+            z_next = tl.load(z + (start % n).to(tl.int64) * z_step, mask=mask, other=0.0)
         else:
             z_next = tl.zeros([BLOCK], acc_t)
     for jj in range(m):
         j = m - 1 - jj
         pos = ((start + j * d) % n).to(tl.int64)
-        y = tl.load(mid + mid_off + pos * mid_step, mask=mask, other=0.0).to(acc_t) - a * y
-        tl.store(dst + dst_off + pos * dst_step, y.to(dst.dtype.element_ty), mask=mask)
+        y = tl.load(mid + pos * mid_step, mask=mask, other=0.0).to(acc_t) - a * y
+        tl.store(dst + pos * dst_step, y.to(dst.dtype.element_ty), mask=mask)
         if PAIR:
             if CIRCULAR:
                 prev_pos = ((start + (j - 1 + m) * d) % n).to(tl.int64)  # m·d ≡ 0 (mod n)
-                z_prev = tl.load(z + z_off + prev_pos * z_step, mask=mask & (j >= 1), other=0.0)
+                z_prev = tl.load(z + prev_pos * z_step, mask=mask & (j >= 1), other=0.0)
                 z_prev = tl.where(j >= 1, z_prev, z_wrap)
             else:
                 prev_pos = (start + (j - 1) * d).to(tl.int64)
-                z_prev = tl.load(z + z_off + prev_pos * z_step, mask=mask & (j >= 1), other=0.0)
+                z_prev = tl.load(z + prev_pos * z_step, mask=mask & (j >= 1), other=0.0)
             pair_next += y * z_next
             pair_prev += y * z_prev
             if APPLY:
-                tl.store(z + z_off + pos * z_step, z_cur + apply_right * z_prev + apply_left * z_next, mask=mask)
+                tl.store(z + pos * z_step, z_cur + apply_right * z_prev + apply_left * z_next, mask=mask)
             z_next = z_cur
             z_cur = z_prev
     return pair_next, pair_prev
