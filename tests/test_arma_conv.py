@@ -1,6 +1,8 @@
 """ARMAConv2d: the conv (MA part, Def. 1) followed by the AR solve; identity at init."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -56,6 +58,24 @@ def test_forward_is_conv_then_solve_and_trains():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
-def test_bad_ar_kernel_size():
-    with pytest.raises(ValueError, match="ar_kernel_size"):
-        ARMAConv2d(3, 4, 3, ar_kernel_size=2)
+@pytest.mark.parametrize("argument, value", [
+    *((argument, value) for argument in ("ar_kernel_size", "boundary", "ar_dilation") for value in (True, 0, 2.0, "3")),
+    ("ar_kernel_size", 2), ("boundary", "reflect"),
+], ids=repr)
+def test_bad_ar_arguments(argument, value):
+    with pytest.raises(ValueError, match=rf"^{argument} must be .*, got {re.escape(repr(value))}$"):
+        ARMAConv2d(3, 4, 3, **{argument: value})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_like_conv2d(monkeypatch, backend):
+    monkeypatch.setenv("ARMA_PLUGIN_BACKEND", backend)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    arma = ARMAConv2d.from_conv(conv, ar_kernel_size=5)
+    with torch.no_grad():
+        arma.ar.alpha.normal_()
+    x = torch.randn(0, 3, 8, 9)
+    y = arma(x)
+    assert y.shape == conv(x).shape == (0, 4, 8, 9)
+    y.sum().backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in arma.parameters())

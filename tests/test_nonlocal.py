@@ -1,6 +1,8 @@
 """NonLocal2d: identity at init, the embedded-Gaussian formula, gradients, bad input."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -51,10 +53,11 @@ def test_at_init_only_the_output_projection_gets_gradient() -> None:
     assert block.theta.weight.grad.abs().sum() == 0  # behind the zero projection
 
 
-@pytest.mark.parametrize("kwargs,match", [({"channels": 0}, "channels"), ({"channels": 4, "reduction": 0}, "reduction"),
-                                          ({"channels": 2.5}, "channels")])
-def test_bad_arguments(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("value", [True, 0, 2.0, "3", -1], ids=repr)
+@pytest.mark.parametrize("argument", ["channels", "reduction"])
+def test_bad_arguments(argument: str, value) -> None:
+    kwargs = {"channels": 4, "reduction": 2, argument: value}
+    with pytest.raises(ValueError, match=rf"^{argument} must be an integer >= 1, got {re.escape(repr(value))}$"):
         NonLocal2d(**kwargs)
 
 
