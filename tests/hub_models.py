@@ -35,7 +35,7 @@ class TinyNet(nn.Module):
 
 TINY = f"{TinyNet.__module__}:TinyNet"
 
-# name -> (builder, save kwargs, input shape). resnet18 and a Unet are the round-trip models;
+# name -> (builder, save kwargs, input shape). resnet18 and a Unet are the round-trip models users meet first;
 # the others keep the many small tests fast. ``zero_init_last=False``: timm zero-initialises each
 # ResNet block's last BN, which would leave the block's alpha without gradient in the first step.
 MODELS = {

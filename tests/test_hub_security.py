@@ -20,7 +20,7 @@ import arma_plugin.hub.pretrained
 from arma_plugin import (CheckpointError, CheckpointMismatchError, CorruptCheckpointError,
                          UnknownArchitectureError, UnsafeCheckpointError, armafy, from_pretrained,
                          save_pretrained)
-from hub_models import TINY, edit_config, states_equal, trained_arma
+from hub_models import TINY, edit_config, states_equal, tiny_checkpoint, trained_arma  # noqa: F401
 
 # --------------------------------------------------------------------------- factories run no code
 
@@ -379,11 +379,11 @@ JUNK = [None, True, -1, 1e308, "(", [], {}, [[{}]]]
 
 
 @pytest.mark.parametrize("field", FIELDS, ids=".".join)
-def test_any_junk_field_loads_or_raises_a_checkpoint_error(field, tiny_timm_checkpoint, tmp_path):
+def test_any_junk_field_loads_or_raises_a_checkpoint_error(field, tiny_checkpoint, tmp_path):
     """The contract: whatever a config.json holds, from_pretrained raises only CheckpointErrors."""
     for value in JUNK:
         directory = tmp_path / f"{value!r}"
-        shutil.copytree(tiny_timm_checkpoint, directory)
+        shutil.copytree(tiny_checkpoint, directory)
 
         def put(config, keys=field, value=value):
             for key in keys[:-1]:
@@ -395,8 +395,3 @@ def test_any_junk_field_loads_or_raises_a_checkpoint_error(field, tiny_timm_chec
         except CheckpointError:
             pass
 
-
-@pytest.fixture(scope="module")
-def tiny_timm_checkpoint(tmp_path_factory) -> Path:
-    model, save_kwargs, _ = trained_arma("timm-test_resnet")
-    return save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny", **save_kwargs)
