@@ -170,8 +170,9 @@ def test_trust_never_extends_to_the_checkpoint_folder(payload_checkpoint, tmp_pa
     with pytest.raises(UnsafeCheckpointError, match="inside the checkpoint"):
         from_pretrained(checkpoint, trust_factories=["payload"])
     assert not marker.exists()
-    with pytest.raises(ValueError, match="trust_factories must be a list of package names"):
-        from_pretrained(checkpoint, trust_factories="payload")
+    for bad in ("payload", 5, [5]):
+        with pytest.raises(ValueError, match="trust_factories must be a list of package names"):
+            from_pretrained(checkpoint, trust_factories=bad)
 
 
 @pytest.mark.parametrize("architecture", ["..x:Y", "x:", ":Y", "x", "a..b:C", "a:1b", "a b:C", "os:path..join",

@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 import uuid
+from collections import abc
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -160,7 +161,9 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
                          "checkpoint is rebuilt with the ARMAConfig saved in its config.json")
     if arma_config is not None and not isinstance(arma_config, ARMAConfig):
         raise ValueError(f"from_pretrained: arma_config must be an ARMAConfig or None, got {arma_config!r}")
-    if isinstance(trust_factories, str) or not all(isinstance(p, str) for p in trust_factories):
+    trusted = (tuple(trust_factories) if isinstance(trust_factories, abc.Iterable)
+               and not isinstance(trust_factories, str) else None)
+    if trusted is None or not all(isinstance(name, str) for name in trusted):
         raise ValueError(f"from_pretrained: trust_factories must be a list of package names, "
                          f"got {trust_factories!r}")
     fetch = _file_fetcher(repo_id_or_path, revision=revision, cache_dir=cache_dir,
@@ -168,7 +171,7 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
     config_path = fetch(CONFIG_NAME)
     config = read_config(config_path)
     policy = ImportPolicy.for_checkpoint(Path(config_path).parent,
-                                         cache_dir or hf_constants.HF_HUB_CACHE, trust_factories)
+                                         cache_dir or hf_constants.HF_HUB_CACHE, trusted)
     if armafy_base:
         spec = base_spec_from_library_config(config, config_path)
         model = build_base(spec, overrides, config_path, policy)
