@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_av
 BOUNDARIES = ["circular", "zeros"]
 SIZES = [(1, 1), (2, 7), (5, 3), (33, 64)]
 EPS64 = torch.finfo(torch.float64).eps
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _condition(taps: torch.Tensor, h: int, w: int, boundary: str, dilation: int) -> float:
@@ -84,21 +87,14 @@ def test_gradcheck(backend, boundary, dilation):
 def test_float32_tap_gradients_match_float64(backend, boundary, ar_kernel_size):
     """Q >= 2 factors near the stable boundary (|alpha| <= 3): each factor's gradient is
     formed without cancellation, so float32 keeps float32 accuracy (not 1e-2 .. 1e0)."""
-    for seed in range(4):
-        gen = torch.Generator().manual_seed(seed)
-        alpha = torch.empty(4, ar_kernel_size // 2, 4, dtype=torch.float64).uniform_(-3.0, 3.0, generator=gen)
-        x = torch.randn(2, 4, 12, 16, generator=gen, dtype=torch.float64)
-        grad_out = torch.randn(2, 4, 12, 16, generator=gen, dtype=torch.float64)
-        grads = {}
-        for dtype in (torch.float64, torch.float32):
-            a = alpha.to(dtype).requires_grad_()
-            y = autoregressive2d(x.to(dtype), a, boundary, backend=backend)
-            grads[dtype] = torch.autograd.grad(y, a, grad_out.to(dtype))[0].double()
-        # Error relative to the largest float64 tap gradient of the layer. float32 rounding
-        # (6e-8) amplified by the conditioning of these systems (taps up to 0.995 of the
-        # stable bound) measures 3e-5 worst case; the old composed-polynomial split gave
-        # 1e-2 (ar_kernel_size 5) to 3e0 (7). 1e-3 is the bound users are promised.
-        assert _rel_err(grads[torch.float32], grads[torch.float64]) < 1e-3, seed
+    sys.path.insert(0, str(SCRIPTS))
+    from ar_grad_precision import worst_error
+
+    # max |float32 - float64| / max |float64| over the layer's dL/dalpha, worst of 4 seeds.
+    # float32 rounding (6e-8) amplified by these systems' conditioning (taps up to 0.995 of
+    # the stable bound) measures <= 3e-5; the former split of the composed filter's gradient
+    # gave 1e-2 (ar_kernel_size 5) to 3e0 (7). 1e-3 is the bound docs/layer.md promises.
+    assert worst_error(backend, boundary, ar_kernel_size, seeds=4, size=(12, 16), max_alpha=3.0) < 1e-3
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 5, 6), (2, 3, 0, 6), (2, 3, 5, 0)], ids=str)

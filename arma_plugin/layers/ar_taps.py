@@ -15,7 +15,8 @@ BOUNDARIES = ("circular", "zeros")
 # tanh saturates to exactly ±1 in floating point (|alpha| > 9 in float32), which would put
 # the taps ON the boundary |left|+|right| = 1 (a singular circulant). Capping |tanh| here
 # keeps every factor strictly stable with gain at most 2**16 (at most 2**(32 Q) for the
-# whole filter); it changes nothing for |alpha| < 5.9, where tanh is below the cap.
+# whole filter); it changes nothing for |alpha| < 5.9, where tanh is below the cap. Beyond
+# the cap the clamp is flat: those entries of alpha get zero gradient.
 TANH_LIMIT = 1.0 - 2.0 ** -16
 
 
@@ -26,7 +27,8 @@ def ar_taps(alpha: torch.Tensor, reparam: bool = True) -> torch.Tensor:
     and ``f_left = (c0+c1)/√2, f_right = (c1-c0)/√2, g_left = (c2+c3)/√2, g_right = (c3-c2)/√2``:
     a 45° rotation, so ``|left| + |right| = √2·max(|c0|, |c1|) < 1`` for every finite
     ``alpha`` and each factor is strictly diagonally dominant (Thm 6: stable). ``|tanh|``
-    is capped at :data:`TANH_LIMIT` so this also holds after floating-point rounding.
+    is capped at :data:`TANH_LIMIT` so this also holds after floating-point rounding
+    (entries of ``alpha`` beyond the cap, ``|alpha| > 5.9``, get zero gradient).
     Without ``reparam`` ``alpha`` already holds the raw taps (may leave the stable region).
     """
     if not reparam:
