@@ -58,7 +58,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
     Interrupted saves: every file is first written in full under a temporary name, then renamed
     into place (weights, config, card). ``config.json`` and ``model.safetensors`` carry the same
     fresh save id, and :func:`from_pretrained` refuses a pair whose ids differ, so an interrupted
-    save loads as the previous model or raises :class:`CorruptCheckpointError`, never as a mix.
+    save loads as the previous model or the new one, or raises :class:`CorruptCheckpointError`:
+    never as a mix.
     Returns the directory.
     """
     check_card_fields(card_fields)
@@ -172,14 +173,10 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
     config = read_config(config_path)
     policy = ImportPolicy.for_checkpoint(Path(config_path).parent,
                                          cache_dir or hf_constants.HF_HUB_CACHE, trusted)
-    if armafy_base:
+    if armafy_base:  # load the base's own weights, then armafy
         spec = base_spec_from_library_config(config, config_path)
         model = build_base(spec, overrides, config_path, policy)
-        weights_path = fetch(WEIGHTS_NAME)
-        load_weights(model, read_weights(weights_path, config.get(SAVE_ID_KEY)), weights_path,
-                     spec, overrides, strict=strict)
-        model = armafy(model, arma_config or ARMAConfig(), inplace=True)
-    else:
+    else:  # armafy with the saved config, then load the ARMA weights
         spec, saved_config = parse_arma_config(config, config_path)
         base = build_base(spec, overrides, config_path, policy)
         try:
@@ -187,9 +184,11 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
         except (TypeError, ValueError) as err:
             raise CheckpointMismatchError(config_path, f"its 'arma_config' does not fit the "
                                                        f"rebuilt base model: {err}") from err
-        weights_path = fetch(WEIGHTS_NAME)
-        load_weights(model, read_weights(weights_path, config.get(SAVE_ID_KEY)), weights_path,
-                     spec, overrides, strict=strict)
+    weights_path = fetch(WEIGHTS_NAME)
+    load_weights(model, read_weights(weights_path, config.get(SAVE_ID_KEY)), weights_path,
+                 spec, overrides, strict=strict)
+    if armafy_base:
+        model = armafy(model, arma_config or ARMAConfig(), inplace=True)
     return model.to(map_location).eval()
 
 
