@@ -196,15 +196,14 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
                              z_work, out_off, out_sn, r, m, d, n, left, right, left, right,
                              CIRCULAR, False, False, BLOCK)
     slots = ((tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)) * (2 * Q)
-    for kk in tl.static_range(Q):
-        k = Q - 1 - kk
+    for k in tl.static_range(Q - 1, -1, -1):
         left = tl.load(taps + (c * Q + k) * 4 + TAP).to(acc_t)
         right = tl.load(taps + (c * Q + k) * 4 + TAP + 1).to(acc_t)
         grad_left = tl.zeros([BLOCK], acc_t)
         grad_right = tl.zeros([BLOCK], acc_t)
         for r in range(n_chains):
             m = n // n_chains if CIRCULAR else (n - r + d - 1) // d
-            if kk == 0:
+            if k == Q - 1:
                 a_ptr, a_off, a_step = grad, g_off, g_sn
             else:
                 a_ptr, a_off, a_step = u_work, out_off, out_sn
