@@ -7,10 +7,17 @@ import torch
 
 import arma_plugin.layers.ar_solve_op  # noqa: F401  (registers torch.ops.arma_plugin.*)
 from arma_plugin.layers import ar_taps
-from arma_plugin.layers.ar_solve_op import numba_available
+from arma_plugin.layers.ar_solve_op import numba_available, triton_runs_on
 
-# One entry per backend; a backend that cannot run here is skipped with its reason.
-BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba missing"))]
+# One entry per backend; a backend that cannot run here is skipped with its reason. On CPU,
+# triton runs in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py): ~10 s per
+# opcheck, so its cases are `-m slow`.
+BACKENDS = [
+    "torch",
+    pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba missing")),
+    pytest.param("triton", marks=[pytest.mark.slow, pytest.mark.skipif(
+        not triton_runs_on(torch.device("cpu")), reason="triton kernels need CUDA or TRITON_INTERPRET=1")]),
+]
 BOUNDARIES = ["circular", "zeros"]
 
 
