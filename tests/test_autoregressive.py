@@ -12,10 +12,14 @@ import torch
 from arma_plugin.layers import AutoRegressive2d, ar_taps, autoregressive2d
 from arma_plugin.reference import ar_apply_reference, ar_solve_reference, axis_operator
 from arma_plugin.reference import released_autoregressive2d
-from arma_plugin.layers.ar_solve_op import numba_available
+from arma_plugin.layers.ar_solve_op import numba_available, triton_runs_on
 from arma_plugin.layers.ar_taps import TANH_LIMIT
 
 BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba missing"))]
+# For the cheap contract tests: every backend, triton in its interpreter on CPU (its numerics
+# are tested in test_ar_solve_triton.py).
+ALL_BACKENDS = [*BACKENDS, pytest.param("triton", marks=pytest.mark.skipif(
+    not triton_runs_on(torch.device("cpu")), reason="triton kernels need CUDA or TRITON_INTERPRET=1"))]
 BOUNDARIES = ["circular", "zeros"]
 SIZES = [(1, 1), (2, 7), (5, 3), (33, 64)]
 EPS64 = torch.finfo(torch.float64).eps
@@ -99,7 +103,7 @@ def test_float32_tap_gradients_match_float64(backend, boundary, ar_kernel_size):
 
 @pytest.mark.parametrize("shape", [(0, 3, 5, 6), (2, 3, 0, 6), (2, 3, 5, 0)], ids=str)
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_empty_batch_or_map(backend, boundary, shape):
     """Like ``Conv2d``: an empty input gives an empty output and zero parameter gradients."""
     alpha = torch.randn(3, 2, 4, requires_grad=True)
@@ -111,7 +115,7 @@ def test_empty_batch_or_map(backend, boundary, shape):
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_double_backward_raises(backend, boundary):
     alpha = torch.randn(3, 1, 4, requires_grad=True)
     x = torch.randn(1, 3, 4, 5, requires_grad=True)
