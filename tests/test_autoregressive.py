@@ -305,7 +305,7 @@ def test_bad_functional_input(x_shape, kwargs, match):
 @pytest.mark.parametrize("x, alpha, match", [
     (torch.ones(1, 4, 3, 3, dtype=torch.complex64), torch.zeros(4, 1, 4), r"x must be a real floating.*complex64"),
     (torch.ones(1, 4, 3, 3, dtype=torch.int64), torch.zeros(4, 1, 4), r"x must be a real floating.*int64"),
-    (torch.ones(1, 4, 3, 3), torch.zeros(4, 1, 4, dtype=torch.complex128), r"alpha must be a real floating.*complex128"),
+    (torch.ones(1, 4, 3, 3), torch.zeros(4, 1, 4, dtype=torch.complex128), r"alpha must be a real.*complex128"),
     (torch.ones(1, 4, 3, 3), torch.zeros(4, 1, 4, dtype=torch.int32), r"alpha must be a real floating.*int32"),
     (torch.ones(1, 4, 3, 3), torch.zeros(4, 1, 4, device="meta"), "alpha is on device meta but x is on cpu"),
     (torch.ones(1, 4, 3, 3, device="meta"), torch.zeros(4, 1, 4), "alpha is on device cpu but x is on meta"),

@@ -13,7 +13,7 @@ in-place ops on the output, e.g. ``ReLU(inplace=True)``, legal): ``dX = A^{-T} d
 ``U_k = M_k^{-T}…M_Q^{-T} dY`` the gradient arriving at it; a tap's gradient is the sum
 over its diagonal. Each factor's gradient is formed from its own state and never by
 splitting the gradient of the composed filter, which cancels catastrophically for
-Q ≥ 2 near the stable boundary (float32 relative errors up to 1e0 at Q = 3). For the
+Q ≥ 2 near the stable boundary (float32 relative errors up to 3e0 at Q = 3). For the
 circular boundary the same quantity is one sum over the spectrum per factor:
 ``dL/dright_k = -(1/HW) Re Σ conj(dX̂) X̂ e^{-iθ} / F̂_k`` (``e^{+iθ}`` for ``left``).
 """
@@ -38,7 +38,7 @@ def _factor_spectra(left: torch.Tensor, right: torch.Tensor, phase: torch.Tensor
     return torch.complex(re, im)
 
 
-def _circular_spectra(taps: torch.Tensor, h: int, w: int, dilation: int):
+def _circular_spectra(taps: torch.Tensor, h: int, w: int, dilation: int) -> tuple[torch.Tensor, ...]:
     """Phases and factor symbols along H (full) and W (one-sided), and the composed ``D``."""
     phase_h = _phase(h, dilation, False, taps)
     phase_w = _phase(w, dilation, True, taps)
@@ -94,6 +94,8 @@ def _circular_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor
                        dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
     h, w = x.shape[-2:]
     phase_h, f, phase_w, g, spectrum = _circular_spectra(taps, h, w, dilation)
+    # conj_physical, not the lazy conj view: in AOT-compiled inference graphs the view's
+    # conjugate bit was dropped (opcheck's test_aot_dispatch_dynamic caught wrong gradients).
     spec_dx = torch.fft.rfft2(grad_y) / spectrum.conj_physical()
     grad_x = torch.fft.irfft2(spec_dx, s=(h, w))
     cross = (spec_dx.conj_physical() * torch.fft.rfft2(x)).sum(0)  # [C, H, W//2+1]
