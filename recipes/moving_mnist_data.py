@@ -13,6 +13,7 @@ file ``mnist_test_seq.npy`` (``[20, N, 64, 64]`` uint8) is read by :class:`Fixed
 """
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def _local_digits(path: Path, split: str) -> np.ndarray:
     return _split_array(images, split)
 
 
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits() -> np.ndarray:
+    """scikit-learn's 1797 8x8 digits in [0, 1] (parsed once per process: every run reads them 3 times)."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    return sklearn_digits().images / 16.0
+
+
 def _split_array(images: np.ndarray, split: str) -> np.ndarray:
     cut = int(round(len(images) * (1 - HELD_OUT_FRACTION)))
     return images[:cut] if split == "train" else images[cut:]
@@ -86,9 +95,7 @@ def load_digits(source: str = "sklearn", *, split: str = "train", digit_size: in
     if path is not None and source != "mnist":
         raise ValueError("--digits-path is a local MNIST copy: use it with --digits mnist")
     if source == "sklearn":
-        from sklearn.datasets import load_digits as sklearn_digits
-
-        images = _split_array(sklearn_digits().images / 16.0, split)
+        images = _split_array(_sklearn_digits(), split)
     elif path is not None:
         images = _local_digits(Path(path), split)
     else:

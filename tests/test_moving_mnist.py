@@ -133,42 +133,91 @@ def test_fixed_test_file(tmp_path):
         FixedSequences(tmp_path / "bad.npy")
 
 
-TINY = ["--frame-size", "12", "--hidden-channels", "4", "--layers-per-block", "1", "--train-sequences", "8",
-        "--val-sequences", "4", "--test-sequences", "4", "--epochs", "1", "--batch-size", "4",
-        "--input-frames", "3", "--future-frames", "3"]
+TINY = ["--frame-size", "12", "--digit-size", "5", "--hidden-channels", "4", "--layers-per-block", "1",
+        "--train-sequences", "8", "--val-sequences", "4", "--test-sequences", "4", "--epochs", "1",
+        "--batch-size", "4", "--input-frames", "3", "--future-frames", "3", "--parallel-runs", "1"]
 
 
 @pytest.mark.parametrize("argv, error, match", [
-    (["--speed", "0"], ValueError, "--speed"),
-    (["--speeds", "1", "-2"], ValueError, "--speed"),
+    (["--speeds", "0"], ValueError, "--speeds"),
+    (["--speeds", "1", "-2"], ValueError, "--speeds"),
     (["--models", "convlstm7"], ValueError, "--models"),
     (["--test-file", "nowhere/mnist_test_seq.npy"], FileNotFoundError, "--test-file"),
     (["--boundary", "reflect"], ValueError, "boundary"),
     (["--digits", "emnist"], ValueError, "--digits"),
     (["--cpu-threads", "0"], ValueError, "--cpu-threads"),
+    (["--parallel-runs", "0"], ValueError, "--parallel-runs"),
+    (["--digit-size", "12"], ValueError, "--digit-size"),
+    (["--num-digits", "0"], ValueError, "--num-digits"),
+    (["--throughput-steps", "0"], ValueError, "--throughput-steps"),
 ])
 def test_bad_command_lines(argv, error, match, tmp_path):
     with pytest.raises(error, match=match):
         moving_mnist.main(TINY + ["--output-dir", str(tmp_path)] + argv)
 
 
+def test_presets_set_the_defaults_and_flags_win():
+    quick = moving_mnist.parse_args([])
+    assert quick.seeds == [0, 1, 2] and quick.speeds == [2] and quick.parallel_runs == 2
+    assert moving_mnist.parse_args(["--seed", "4"]).seeds is None  # one explicit seed replaces the list
+    paper = moving_mnist.parse_args(["--preset", "paper", "--epochs", "3"])
+    assert (paper.frame_size, paper.hidden_channels, paper.epochs, paper.parallel_runs) == (64, [32] * 4, 3, 1)
+
+
+@pytest.mark.parametrize("arma, baseline, holds", [
+    ([15.2, 15.4, 15.3], [15.0, 15.1, 15.05], True),  # d = 0.2, 0.3, 0.25: mean 0.25 > 2 SE = 0.058
+    ([15.2, 14.9, 15.3], [15.0, 15.1, 15.05], False),  # d = 0.2, -0.2, 0.25: mean 0.083 < 2 SE = 0.286
+    ([15.0, 15.1, 15.05], [15.2, 15.4, 15.3], False),  # baseline ahead
+])
+def test_paired_criterion(arma, baseline, holds):
+    result = moving_mnist.paired_criterion(arma, baseline)
+    d = np.subtract(arma, baseline)
+    np.testing.assert_allclose(result["threshold"], 2 * d.std(ddof=1) / np.sqrt(3), rtol=1e-12)  # float64 rounding
+    assert result["holds"] is holds and ("HOLDS" if holds else "DOES NOT HOLD") in result["verdict"]
+
+
+def test_paired_criterion_needs_three_seeds():
+    result = moving_mnist.paired_criterion([15.5, 15.6], [15.0, 15.1])
+    assert result["holds"] is None and "needs >= 3" in result["verdict"]
+
+
+def test_trivial_predictors():
+    inputs = torch.rand(2, 3, 1, 8, 8)
+    predictions = moving_mnist.trivial_predictions(inputs, 4)
+    assert all(p.shape == (2, 4, 1, 8, 8) for p in predictions.values())
+    assert predictions["trivial: zeros"].abs().sum() == 0
+    torch.testing.assert_close(predictions["trivial: mean of inputs"][:, 2], inputs.mean(1), rtol=0, atol=0)
+    torch.testing.assert_close(predictions["trivial: copy last input"][:, 3], inputs[:, -1], rtol=0, atol=0)
+
+
+ROW = "| {:<24} |"
+"""A first cell of the results table (format_table pads the model column to its widest name)."""
+
+
 def test_tiny_end_to_end(tmp_path):
-    # scored on a fixed test file (mnist_test_seq.npy layout, 20 frames, resized to 12x12)
-    test_file = tmp_path / "mnist_test_seq.npy"
-    np.save(test_file, np.random.default_rng(0).integers(0, 256, size=(20, 3, 64, 64), dtype=np.uint8))
     out = moving_mnist.main(TINY + ["--output-dir", str(tmp_path), "--models", "convlstm3", "armalstm3",
-                                    "--speeds", "1", "3", "--test-file", str(test_file)])
-    assert set(out["results"]) == {"convlstm3", "armalstm3"}
-    for model in out["results"].values():
-        assert set(model["metrics"]) == {"psnr@1x", "ssim@1x", "psnr@3x", "ssim@3x"}
-    assert "| armalstm3 |" in (tmp_path / "results.md").read_text()
+                                    "--speeds", "1", "3", "--seeds", "0", "1", "2"])
+    trivial = {"trivial: zeros", "trivial: mean of inputs", "trivial: copy last input"}
+    assert set(out["results"]) == {"convlstm3", "armalstm3", "criterion", "learned_motion"} | trivial
+    for name in ("convlstm3", "armalstm3"):
+        metrics = out["results"][name]["metrics"]
+        assert set(metrics) == {"psnr@1x", "ssim@1x", "psnr@3x", "ssim@3x"}
+        assert len(metrics["psnr@3x"]["per_seed"]) == 3
+    criterion = out["results"]["criterion"]
+    assert criterion["speed"] == 3 and isinstance(criterion["holds"], bool)
+    per_seed = [out["results"][m]["metrics"]["psnr@3x"]["per_seed"] for m in ("armalstm3", "convlstm3")]
+    np.testing.assert_allclose(criterion["differences"], np.subtract(*per_seed), rtol=0, atol=1e-12)
+    table = (tmp_path / "results.md").read_text()
+    assert ROW.format("armalstm3") in table and ROW.format("trivial: zeros") in table
+    assert criterion["verdict"] in table
     curves = json.loads((tmp_path / "per_frame.json").read_text())
-    assert len(curves["armalstm3"]["psnr@3x"]) == 3  # one value per predicted frame
-    assert [p.name for p in out["strips"]] == ["strip_speed1.png", "strip_speed3.png"]
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out["strips"])
-    assert len(out["checkpoints"]) == 4
+    assert len(curves["3"]["armalstm3"]) == 3 and len(curves["3"]["armalstm3"][0]) == 3  # 3 seeds x 3 frames
+    assert [p.name for p in out["pictures"]] == ["strip_speed1.png", "psnr_per_frame_speed1.png",
+                                                 "strip_speed3.png", "psnr_per_frame_speed3.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out["pictures"])
+    assert len(out["checkpoints"]) == 12
     final = tmp_path / "armalstm3" / "speed3" / "seed_0" / "final"
-    assert "| armalstm3 |" in (final / "README.md").read_text()  # the table is in the card
+    assert ROW.format("armalstm3") in (final / "README.md").read_text()  # the table is in the card
     loaded = from_pretrained(final)
     best = load_file(str(final.parent / "best" / "model.safetensors"))
     for key, value in loaded.state_dict().items():
@@ -176,9 +225,59 @@ def test_tiny_end_to_end(tmp_path):
     assert any(key.endswith("gates.ar.alpha") for key in best)
 
 
-def test_every_variant_builds(tmp_path):
-    args = moving_mnist.training_args(TINY + ["--hidden-channels", "4", "4", "4",
-                                              "--layers-per-block", "1", "1", "1"])
+def test_fixed_test_file_scores_every_run(tmp_path):
+    # mnist_test_seq.npy layout, 20 frames, resized to 12x12
+    test_file = tmp_path / "mnist_test_seq.npy"
+    np.save(test_file, np.random.default_rng(0).integers(0, 256, size=(20, 3, 64, 64), dtype=np.uint8))
+    out = moving_mnist.main(TINY + ["--output-dir", str(tmp_path / "run"), "--models", "convlstm3",
+                                    "--seed", "0", "--test-file", str(test_file)])
+    assert set(out["results"]["convlstm3"]["metrics"]) == {"psnr@2x", "ssim@2x"}
+    assert "criterion" not in out["results"]  # armalstm3 was not run
+
+
+@pytest.mark.slow
+def test_parallel_runs_give_the_sequential_results(tmp_path):
+    # one thread per run and seeded data: the process a run lands in cannot change its numbers
+    argv = TINY + ["--models", "convlstm3", "armalstm3", "--seeds", "0", "1", "--cpu-threads", "1"]
+    sequential = moving_mnist.main(argv + ["--output-dir", str(tmp_path / "seq")])
+    parallel = moving_mnist.main(argv + ["--output-dir", str(tmp_path / "par"), "--parallel-runs", "2"])
+    for name in ("convlstm3", "armalstm3"):
+        assert parallel["results"][name] == sequential["results"][name]
+
+
+PAPER_ON_CPU = ["--preset", "paper", "--digits", "sklearn", "--models", "armalstm3", "--speeds", "3",
+                "--train-sequences", "2", "--val-sequences", "2", "--test-sequences", "2", "--batch-size", "2",
+                "--input-frames", "2", "--future-frames", "2", "--epochs", "1"]
+"""The paper's network (64x64, 12 cells of 32 channels) on one optimizer step of 2 short sequences."""
+
+
+def test_paper_preset_trains_checkpoints_and_resumes(tmp_path):
+    args = moving_mnist.parse_args(PAPER_ON_CPU)
+    # Table 3's sizes: 0.887M for the 3x3 ConvLSTM, + 12 gate convs x 128 channels x 4 AR taps
+    assert moving_mnist.count_parameters(moving_mnist.build_model(args, "convlstm3")) == 887_489
+    assert moving_mnist.count_parameters(moving_mnist.build_model(args, "armalstm3")) == 887_489 + 6_144
+    run = tmp_path / "paper"
+    first = moving_mnist.main(PAPER_ON_CPU + ["--output-dir", str(run)])
+    assert first["results"]["armalstm3"]["params"] == "0.894M"
+    checkpoint = run / "armalstm3" / "speed3" / "seed_0" / "checkpoints" / "epoch_0001"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step"]) == (1, 1)
+    moving_mnist.main(PAPER_ON_CPU[:-1] + ["2", "--output-dir", str(run), "--resume-from-checkpoint"])
+    resumed = json.loads((checkpoint.parent / "epoch_0002" / "trainer_state.json").read_text())
+    assert (resumed["epoch"], resumed["step"]) == (2, 2)  # continued after epoch 1, not restarted
+    assert resumed["history"][0] == state["history"][0]
+
+
+def test_throughput_mode_times_each_model(tmp_path):
+    out = moving_mnist.main(TINY + ["--output-dir", str(tmp_path), "--models", "convlstm3", "armalstm3",
+                                    "--throughput-steps", "1"])
+    assert [row[0] for row in out["throughput"]] == ["convlstm3", "armalstm3"]
+    assert all(float(row[2]) > 0 for row in out["throughput"])
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_every_variant_builds():
+    args = moving_mnist.parse_args(TINY + ["--hidden-channels", "4", "4", "4", "--layers-per-block", "1", "1", "1"])
     for name, variant in moving_mnist.VARIANTS.items():
         model = moving_mnist.build_model(args, name)
         gates = [m for n, m in model.named_modules() if n.endswith(".gates")]
