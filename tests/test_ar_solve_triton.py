@@ -257,3 +257,21 @@ def test_kernels_compile_for_a_cuda_target():
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_CUDA], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+def test_gpu_check_smoke_run(tmp_path):
+    """scripts/gpu_check.py --smoke: every section of the one-shot GPU run, on CPU at tiny sizes."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--smoke", "--json", str(tmp_path / "out.json")]) == 0
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["all_checks_ok"] and results["skipped"] == []
+    assert {r["backend"] for r in results["correctness"]} >= {"triton", "torch"}
+    assert {(r["boundary"], r["Q"]) for r in results["layer"]} == {("circular", 1), ("zeros", 1)}
+    assert [r["model"] for r in results["models"]] == ["resnet18"]

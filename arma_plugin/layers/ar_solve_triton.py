@@ -148,7 +148,13 @@ def _tile(C, n_lines, src_sb, src_sc, src_sl, out_sb, out_sc, out_sl, BLOCK: tl.
     return c, mask, src_off, out_off
 
 
-@triton.jit
+# Sizes and strides are not specialised on (Triton would compile a variant per value == 1
+# and per divisibility by 16): one compiled kernel per dtype × Q × boundary × axis role.
+_SIZES = ["C", "n", "n_lines", "d", "n_chains"]
+_STRIDES = ["sb", "sc", "sn", "sl"]
+
+
+@triton.jit(do_not_specialize=_SIZES + [f"src_{s}" for s in _STRIDES] + [f"out_{s}" for s in _STRIDES])
 def _forward_axis_kernel(src, work, dst, taps, C, n, n_lines, d, n_chains,
                          src_sb, src_sc, src_sn, src_sl, out_sb, out_sc, out_sn, out_sl,
                          TAP: tl.constexpr, Q: tl.constexpr, CIRCULAR: tl.constexpr, BLOCK: tl.constexpr):
@@ -172,7 +178,7 @@ def _forward_axis_kernel(src, work, dst, taps, C, n, n_lines, d, n_chains,
                          CIRCULAR, False, False, BLOCK)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES + [f"g_{s}" for s in _STRIDES] + [f"out_{s}" for s in _STRIDES])
 def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_lines, d, n_chains,
                           g_sb, g_sc, g_sn, g_sl, out_sb, out_sc, out_sn, out_sl,
                           TAP: tl.constexpr, Q: tl.constexpr, CIRCULAR: tl.constexpr,
