@@ -34,7 +34,7 @@ def test_json_round_trip(config: ARMAConfig) -> None:
     ("ar_kernel_size", 4), ("ar_kernel_size", 1), ("ar_kernel_size", 3.0), ("ar_kernel_size", True),
     ("boundary", "reflect"), ("reparam", 1), ("include_pointwise", "yes"),
     ("target_modules", []), ("target_modules", 3), ("target_modules", ["ok", ""]), ("exclude_modules", "(unclosed"),
-    ("ar_dilation", 0), ("ar_dilation", "same"), ("ar_dilation", 1.5),
+    ("ar_dilation", 0), ("ar_dilation", "same"), ("ar_dilation", 1.5), ("ar_dilation", True),
     ("nonlocal_after", "layer3"), ("nonlocal_after", [3]), ("mode", "trace"),
 ])
 def test_invalid_values_name_the_field(field: str, value) -> None:
@@ -68,3 +68,16 @@ def test_replace_validates_and_rejects_unknown_fields() -> None:
 ])
 def test_name_matching(name: str, patterns, expected: bool) -> None:
     assert matches(name, patterns) is expected
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("ar_kernel_size", 4, "ARMAConfig.ar_kernel_size must be an odd integer >= 3 (3, 5, 7, ...), got 4"),
+    ("boundary", "reflect", "ARMAConfig.boundary must be one of ('circular', 'zeros'), got 'reflect'"),
+    ("ar_dilation", 0, "ARMAConfig.ar_dilation (or the string 'match') must be an integer >= 1, got 0"),
+    ("mode", "trace", "ARMAConfig.mode must be one of ('module', 'graph'), got 'trace'"),
+])
+def test_messages_are_the_shared_validators(field: str, value, message: str) -> None:
+    """The layers and the config refuse the same values with the same words (arma_plugin.validation)."""
+    with pytest.raises(ValueError) as info:
+        ARMAConfig(**{field: value})
+    assert str(info.value) == message
