@@ -106,11 +106,13 @@ def test_float32_within_float32_rounding(boundary, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(itertools.product([1, 2, 3], [1, 2, 3], [(1, 1), (2, 7), (5, 3), (33, 20),
-                                                                           (17, 40), (64, 1), (1, 64)], [8, 64])),
+@pytest.mark.parametrize("case", list(itertools.product([1, 2, 3], [1, 3], [(1, 1), (2, 7), (5, 3), (33, 20),
+                                                                        (17, 40), (64, 1), (1, 64)], [8])),
                          ids=_case_id)
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_float64_sweep(boundary, case, monkeypatch):
+    """Every Q × dilation (3 makes cycles of several lengths) × size, several programs per plane
+    (~10 s per case in the interpreter)."""
     _check_against_reference(boundary, *case, torch.float64, 3.0, monkeypatch)
 
 
