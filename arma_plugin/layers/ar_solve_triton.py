@@ -26,9 +26,9 @@ one launch along W solves the W factors of ``V`` (the states) and, factor by fac
 from the last, does the transposed solve of the gradient (``left``/``right`` swapped),
 pairs it with the state for the tap gradients (``-Σ u[i]·z[i∓d]``, fused in the last
 sweep) and re-applies the factor to the state; one launch does the same along H and
-writes ``dX``. Tap gradients: one partial sum per line and tap, summed once on
-device (no reduction inside the kernels). No host synchronisation. Only valid for taps inside the stable region (the
-dispatcher checks, as for numba).
+writes ``dX``. Tap gradients: one partial sum per line and tap, summed once on device
+(no reduction inside the kernels). No host synchronisation. Only valid for taps inside the
+stable region (the dispatcher checks, as for numba).
 """
 from __future__ import annotations
 
