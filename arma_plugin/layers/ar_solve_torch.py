@@ -4,7 +4,7 @@
 the product of all factor spectra (``rfft2`` once, ``irfft2`` once). ``zeros``: the
 operator is separable, ``A = A_H ⊗ A_W`` with ``A_H = F_1…F_Q`` (tridiagonal factors), so
 ``Y = A_H^{-1} X A_W^{-T}``: one batched matmul per axis with the dense ``[C, n, n]``
-inverse ``F_Q^{-1}…F_1^{-1}``.
+inverse of ``F_1…F_Q``.
 
 Backward (Thm 4) from the saved input ``X`` only (``Y`` is recomputed; saving ``X`` keeps
 in-place ops on the output, e.g. ``ReLU(inplace=True)``, legal): ``dX = A^{-T} dY`` and
@@ -64,12 +64,11 @@ def _factor_inverses(left: torch.Tensor, right: torch.Tensor, n: int, dilation: 
 
 
 def _axis_inverse(left: torch.Tensor, right: torch.Tensor, n: int, dilation: int) -> torch.Tensor:
-    """``(M_1…M_Q)^{-1} = M_Q^{-1}…M_1^{-1}``, ``[C, n, n]``."""
-    inverses = _factor_inverses(left, right, n, dilation)
-    out = inverses[0]
-    for inv in inverses[1:]:
-        out = inv @ out
-    return out
+    """``(M_1…M_Q)^{-1}``, ``[C, n, n]``: one inversion of the product (forward only)."""
+    product = _dense_factor(left[:, 0], right[:, 0], n, dilation)
+    for q in range(1, left.shape[1]):
+        product = product @ _dense_factor(left[:, q], right[:, q], n, dilation)
+    return torch.linalg.inv(product)
 
 
 def torch_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int) -> torch.Tensor:
