@@ -27,7 +27,7 @@ This example supports, through Accelerate, with the same script:
 
 Presets: ``quick`` (the default, the README's main job: 16x16 frames, one 7-pixel digit
 moving at 2x, two 16-channel cells, ``convlstm3`` vs ``armalstm3``, 3 seeds, two runs at a
-time, under 5 minutes on 2 CPU cores) and ``paper`` (the authors' sizes: 64x64, two MNIST digits, 12 cells of 32
+time: about 410 CPU-seconds of training, meant to fit 5 minutes on 2 free CPU cores) and ``paper`` (the authors' sizes: 64x64, two MNIST digits, 12 cells of 32
 channels, 10k sequences, 10 -> 10 frames, 500 epochs: for GPUs).
 
 Examples::
@@ -510,6 +510,9 @@ def validate_args(args: argparse.Namespace) -> None:
     unknown = [m for m in args.models if m not in VARIANTS]
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; choose from {list(VARIANTS)}")
+    for flag, values in (("--models", args.models), ("--speeds", args.speeds)):
+        if len(set(values)) != len(values):  # each run has one folder
+            raise ValueError(f"{flag} must be distinct, got {values}")
     for speed in args.speeds:
         check_positive_int("--speeds (1, 2, 3 = Table 3's 1x, 2x, 3x)", speed)
     if args.digits not in DIGIT_SOURCES:

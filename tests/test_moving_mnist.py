@@ -150,6 +150,8 @@ TINY = ["--frame-size", "12", "--digit-size", "5", "--hidden-channels", "4", "--
     (["--digit-size", "12"], ValueError, "--digit-size"),
     (["--num-digits", "0"], ValueError, "--num-digits"),
     (["--throughput-steps", "0"], ValueError, "--throughput-steps"),
+    (["--models", "convlstm3", "convlstm3"], ValueError, "--models must be distinct"),
+    (["--speeds", "2", "2"], ValueError, "--speeds must be distinct"),
 ])
 def test_bad_command_lines(argv, error, match, tmp_path):
     with pytest.raises(error, match=match):
