@@ -226,7 +226,8 @@ def check_layout_compile_graphs(setup: Setup, results: dict) -> bool:
         checks[f"{backend} channels_last bf16 autocast"] = bool(
             y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last) and _rel(y, y32) < 2e-2)
     if "triton" in setup.backends:
-        os.environ["ARMA_PLUGIN_BACKEND"] = "triton"
+        previous = os.environ.get("ARMA_PLUGIN_BACKEND")
+        os.environ["ARMA_PLUGIN_BACKEND"] = "triton"  # torch.compile and CUDA graphs see the layer's own call
         try:
             layer = AutoRegressive2d(channels, ar_kernel_size=5, boundary="circular").to(dev)
             with torch.no_grad():
@@ -241,7 +242,10 @@ def check_layout_compile_graphs(setup: Setup, results: dict) -> bool:
                 y_graph = graphed(x)
                 checks["triton CUDA graph fwd+bwd"] = bool(torch.allclose(y_graph, layer(x), rtol=1e-5, atol=1e-6))
         finally:
-            del os.environ["ARMA_PLUGIN_BACKEND"]
+            if previous is None:
+                del os.environ["ARMA_PLUGIN_BACKEND"]
+            else:
+                os.environ["ARMA_PLUGIN_BACKEND"] = previous
     for name, good in checks.items():
         print(f"{name}: {'ok' if good else 'FAIL'}")
     results["checks"] = checks
