@@ -150,6 +150,20 @@ def test_automatic_choice_on_cpu_is_not_triton():
     assert resolve_backend(torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 4), known_stable=True) != "triton"
 
 
+@pytest.mark.parametrize("compiled, expected", [(True, "triton"), (False, "torch")])
+def test_automatic_choice_for_cuda_tensors(compiled, expected, monkeypatch):
+    """CUDA tensors (fake ones: no GPU here) get triton when its kernels are compiled, not
+    interpreted; a forced backend still wins."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(ar_solve_triton, "INTERPRETED", not compiled)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.empty(1, 2, 3, 3, device="cuda")
+        taps = torch.empty(2, 1, 4, device="cuda")
+        assert resolve_backend(x, taps, known_stable=True) == expected
+        assert resolve_backend(x, taps, backend="torch", known_stable=True) == "torch"
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_empty_batch(boundary):
     layer = AutoRegressive2d(3, ar_kernel_size=5, boundary=boundary)
