@@ -90,7 +90,7 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
     u_sum = tl.zeros([BLOCK], acc_t)  # Σ (-a)^j u[j], for the cyclic anti-causal start
     pow_a = one
     for j in range(m):
-        pos = ((start + j * d) % n).to(tl.int64)
+        pos = ((start + j * d) % n if CIRCULAR else start + j * d).to(tl.int64)
         x = tl.load(src + pos * src_step, mask=mask, other=0.0).to(acc_t)
         u = x * inv_s - b * u
         tl.store(mid + pos * mid_step, u.to(mid.dtype.element_ty), mask=mask)
@@ -114,7 +114,7 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
             z_next = tl.zeros([BLOCK], acc_t)
     for jj in range(m):
         j = m - 1 - jj
-        pos = ((start + j * d) % n).to(tl.int64)
+        pos = ((start + j * d) % n if CIRCULAR else start + j * d).to(tl.int64)
         y = tl.load(mid + pos * mid_step, mask=mask, other=0.0).to(acc_t) - a * y
         tl.store(dst + pos * dst_step, y.to(dst.dtype.element_ty), mask=mask)
         if PAIR:
