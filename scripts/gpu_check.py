@@ -23,7 +23,8 @@ Rows that would pass the budget are skipped with a printed note. Run from the re
 
 ``--smoke`` runs every section on CPU with tiny shapes and Triton's interpreter, so a typo
 cannot waste the GPU run (tests/test_ar_solve_triton.py runs it); its triton timings would
-time the interpreter, so triton is checked for correctness there but not timed. Without
+time the interpreter, so triton is checked for correctness there but not timed. Its layer
+row (2×16×32², median of 3) is a CPU ratio check of the other backends against the conv. Without
 timm/SMP/Hub packages on the GPU host, the layer sections still run (the model table says
 why it is skipped).
 """
@@ -85,9 +86,8 @@ class Setup:
     def __init__(self, smoke: bool) -> None:
         self.smoke = smoke
         self.device = torch.device("cpu" if smoke else "cuda")
-        self.backends = [b for b in ("triton", "torch") if b != "triton" or triton_runs_on(self.device)]
-        if smoke and numba_available():
-            self.backends.append("numba")
+        runs_here = {"triton": triton_runs_on(self.device), "numba": smoke and numba_available(), "torch": True}
+        self.backends = [b for b in ("triton", "numba", "torch") if runs_here[b]]  # the fastest first
         self.timed_backends = [b for b in self.backends if not (smoke and b == "triton")]
         self.check_qs = (1, 2) if smoke else (1, 2, 3)
         self.check_dilations = (2,) if smoke else (1, 2)
@@ -96,11 +96,11 @@ class Setup:
         self.layout_shape = (1, 2, 4, 5) if smoke else (2, 8, 12, 10)
         self.variants = [] if smoke else [(16, 1), (32, 1), (64, 1), (64, 2), (128, 2), (128, 4)]
         self.variant_shape = (8, 64, 128, 128)
-        self.layer_shapes = ((2, 4, 8, 8),) if smoke else ((8, 64, 128, 128), (8, 64, 256, 256),
+        self.layer_shapes = ((2, 16, 32, 32),) if smoke else ((8, 64, 128, 128), (8, 64, 256, 256),
                                                           (32, 128, 64, 64), (16, 256, 32, 32))
         self.layer_qs = (1,) if smoke else (1, 2)
-        self.repeats = 1 if smoke else 20
-        self.warmup = 0 if smoke else 2
+        self.repeats = 3 if smoke else 20
+        self.warmup = 1 if smoke else 2
         self.models = (("resnet18", (2, 3, 32, 32)),) if smoke else (
             ("resnet18", (64, 3, 224, 224)), ("vgg11", (32, 3, 224, 224)),
             ("convnext_tiny", (32, 3, 224, 224)), ("smp-unet-resnet34", (16, 3, 256, 256)))

@@ -290,4 +290,5 @@ def test_gpu_check_smoke_run(tmp_path):
     assert results["all_checks_ok"] and results["skipped"] == []
     assert {r["backend"] for r in results["correctness"]} >= {"triton", "torch"}
     assert {(r["boundary"], r["Q"]) for r in results["layer"]} == {("circular", 1), ("zeros", 1)}
+    assert all(r["numba_ms"] > 0 and r["torch_ms"] > 0 and "triton_ms" not in r for r in results["layer"])
     assert [r["model"] for r in results["models"]] == ["resnet18"]
