@@ -7,8 +7,9 @@ Prints, in this order (``--json PATH`` also writes every number):
    the dense float64 reference on CPU: values, dX, dalpha; both boundaries, Q = 1, 2, 3,
    dilation 1, 2, maps from 1×1 to larger than a Triton block; float64, float32 and bfloat16;
    then channels_last + bf16 autocast, ``torch.compile(fullgraph=True)`` and CUDA graphs;
-3. the triton kernel variants (lines per program × warps) at 8×64×128², fwd+bwd: the fastest
-   is used for the rest of the run;
+3. the triton kernel variants (lines per program × warps × software-pipeline stages) at
+   8×64×128², fwd+bwd, each checked against the default's numbers: the fastest is used for
+   the rest of the run;
 4. the layer table: fwd+bwd median, conv3x3 vs AR per backend vs the released algorithm vs
    ``x.clone()``, B×C×H×W = 8×64×128², 8×64×256², 32×128×64², 16×256×32², Q = 1, 2, fp32 and
    bf16 (input from autocast), both boundaries, memory saved for backward;
@@ -94,8 +95,10 @@ class Setup:
         self.check_sizes = ((3, 5),) if smoke else ((1, 1), (2, 7), (5, 3), (33, 64), (130, 67))
         self.check_batch, self.check_channels = (1, 2) if smoke else (2, 3)
         self.layout_shape = (1, 2, 4, 5) if smoke else (2, 8, 12, 10)
-        self.variants = [] if smoke else [(16, 1), (32, 1), (64, 1), (64, 2), (128, 2), (128, 4)]
-        self.variant_shape = (8, 64, 128, 128)
+        # (lines per program, warps, pipeline stages)
+        self.variants = [(4, 1, 1), (8, 1, 2)] if smoke else [(16, 1, 1), (32, 1, 1), (64, 1, 1), (64, 2, 1),
+                                                             (128, 4, 1), (32, 1, 3), (64, 2, 3), (128, 4, 3)]
+        self.variant_shape = (1, 2, 5, 6) if smoke else (8, 64, 128, 128)
         self.layer_shapes = ((2, 16, 32, 32),) if smoke else ((8, 64, 128, 128), (8, 64, 256, 256),
                                                           (32, 128, 64, 64), (16, 256, 32, 32))
         self.layer_qs = (1,) if smoke else (1, 2)
@@ -252,32 +255,50 @@ def check_layout_compile_graphs(setup: Setup, results: dict) -> bool:
     return all(checks.values())
 
 
-def pick_variant(setup: Setup, budget: Budget, results: dict) -> None:
-    if not setup.variants:
-        print("\n## Triton variants: not timed here (interpreter or no triton backend)")
-        return
+def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
+    """Time the triton variants; each must give the default variant's numbers (same arithmetic
+    per line: equal up to the order of the tap-gradient sums), else it is excluded."""
+    if "triton" not in setup.backends:
+        print("\n## Triton variants: skipped, the triton backend does not run here")
+        return True
     from arma_plugin.layers import ar_solve_triton
 
-    print("\n## Triton variants, fwd+bwd ms at B×C×H×W =", "×".join(map(str, setup.variant_shape)), "Q=1 fp32")
+    knobs = ("BLOCK_LINES", "NUM_WARPS", "PIPELINE_STAGES")
+    print("\n## Triton variants, fwd+bwd ms at B×C×H×W =", "×".join(map(str, setup.variant_shape)),
+          "Q=1 fp32 circular" + (" (smoke: interpreter times, meaningless)" if setup.smoke else ""))
     x = torch.randn(*setup.variant_shape, device=setup.device, requires_grad=True)
     grad = torch.randn_like(x)
-    alpha = 0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)
+    alpha = (0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)).requires_grad_()
+
+    def layer(t: torch.Tensor) -> torch.Tensor:
+        return autoregressive2d(t, alpha, "circular", backend="triton")
+
+    def outputs() -> list[torch.Tensor]:
+        x.grad = alpha.grad = None
+        y = layer(x)
+        y.backward(grad)
+        return [y.detach().clone(), x.grad.clone(), alpha.grad.clone()]
+
+    default = outputs()
     rows = []
-    for block, warps in setup.variants:
-        if not budget.allows("variants", f"block={block} warps={warps}", 300):
+    for variant in setup.variants:
+        if not budget.allows("variants", f"variant {variant}", 300):
             break
-        ar_solve_triton.BLOCK_LINES, ar_solve_triton.NUM_WARPS = block, warps
-        layer = fwd_bwd(lambda t: autoregressive2d(t, alpha, "circular", backend="triton"), x, grad)
-        rows.append([block, warps, median_ms(layer, setup.device, setup.repeats, setup.warmup)])
-    if not rows:
-        return
-    best = min(rows, key=lambda r: r[2])
-    ar_solve_triton.BLOCK_LINES, ar_solve_triton.NUM_WARPS = best[0], best[1]
+        for knob, value in zip(knobs, variant):
+            setattr(ar_solve_triton, knob, value)
+        same = max(_rel(a, b) for a, b in zip(outputs(), default)) < 1e-6
+        rows.append([*variant, median_ms(fwd_bwd(layer, x, grad), setup.device, setup.repeats, setup.warmup),
+                     "ok" if same else "MISMATCH (excluded)"])
+    good = [r for r in rows if r[-1] == "ok"]
+    best = min(good, key=lambda r: r[3]) if good else [64, 2, 1]
+    for knob, value in zip(knobs, best):
+        setattr(ar_solve_triton, knob, value)
     # circular only: zeros runs the same sweeps (a compilation per variant and boundary costs ~1 s)
-    print(format_table(["lines/program", "warps", "circular ms"], rows, float_format=".3f"))
-    print(f"fastest: BLOCK_LINES={best[0]} NUM_WARPS={best[1]} (used below)")
-    results["variants"] = [dict(zip(["block_lines", "num_warps", "circular_ms"], r)) for r in rows]
-    results["variant_used"] = {"block_lines": best[0], "num_warps": best[1]}
+    print(format_table(["lines/program", "warps", "pipeline stages", "ms", "vs default"], rows, float_format=".3f"))
+    print(f"fastest: BLOCK_LINES={best[0]} NUM_WARPS={best[1]} PIPELINE_STAGES={best[2]} (used below)")
+    results["variants"] = [dict(zip(["block_lines", "num_warps", "pipeline_stages", "ms", "status"], r)) for r in rows]
+    results["variant_used"] = dict(zip(knobs, best[:3]))
+    return len(good) == len(rows)
 
 
 def layer_table(setup: Setup, budget: Budget, results: dict) -> None:
@@ -413,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in versions.items()))
     results: dict = {"versions": versions}
     ok = check_correctness(setup, budget, results)
-    pick_variant(setup, budget, results)
+    ok &= pick_variant(setup, budget, results)
     layer_table(setup, budget, results)
     model_table(setup, budget, results)
     results["skipped"] = budget.skipped

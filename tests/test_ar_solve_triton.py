@@ -243,8 +243,8 @@ def test_compile_fullgraph_with_fake_tensors(monkeypatch):
     assert x.grad.dtype == torch.bfloat16 and layer.alpha.grad is not None
 
 
-# Compiles every kernel variant the GPU runs for (dtype × boundary × axis role) to a CUDA
-# binary, in a fresh interpreter without TRITON_INTERPRET: the interpreter accepts Python
+# Compiles the kernels (both boundaries, full and half precision, with and without software
+# pipelining) to a CUDA binary, in a fresh interpreter without TRITON_INTERPRET: the interpreter accepts Python
 # that Triton's compiler rejects, and CI has no GPU to find out.
 _COMPILE_FOR_CUDA = """
 import triton
@@ -253,12 +253,12 @@ from triton.compiler import ASTSource
 from arma_plugin.layers import ar_solve_triton as m
 
 assert not m.INTERPRETED
-for data, circular in (("fp32", True), ("bf16", False)):
+for data, circular, stages in (("fp32", True, 3), ("bf16", False, 1)):
     for kernel, consts, pointers in (
-            (m._forward_axis_kernel, dict(TAP=0, Q=2, CIRCULAR=circular, BLOCK=64),
+            (m._forward_axis_kernel, dict(TAP=0, Q=2, CIRCULAR=circular, BLOCK=64, STAGES=stages),
              dict(src=data, work="fp32", dst=data, taps="fp32")),
             (m._backward_axis_kernel,
-             dict(TAP=2, Q=2, CIRCULAR=circular, SOLVE_STATES=True, UNDO_FIRST=True, BLOCK=64),
+             dict(TAP=2, Q=2, CIRCULAR=circular, SOLVE_STATES=True, UNDO_FIRST=True, BLOCK=64, STAGES=stages),
              dict(grad=data, u_work="fp32", u_dst=data, z_work="fp32", taps="fp32", partial="fp32"))):
         signature = {name: "constexpr" if name in consts else "*" + pointers[name] if name in pointers else "i32"
                      for name in kernel.arg_names}
@@ -275,8 +275,10 @@ def test_kernels_compile_for_a_cuda_target():
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
 
 
-def test_gpu_check_smoke_run(tmp_path):
+def test_gpu_check_smoke_run(tmp_path, monkeypatch):
     """scripts/gpu_check.py --smoke: every section of the one-shot GPU run, on CPU at tiny sizes."""
+    for knob in ("BLOCK_LINES", "NUM_WARPS", "PIPELINE_STAGES"):  # the run sets the fastest variant's
+        monkeypatch.setattr(ar_solve_triton, knob, getattr(ar_solve_triton, knob))
     import importlib.util
     import json
     from pathlib import Path
@@ -289,6 +291,7 @@ def test_gpu_check_smoke_run(tmp_path):
     results = json.loads((tmp_path / "out.json").read_text())
     assert results["all_checks_ok"] and results["skipped"] == []
     assert {r["backend"] for r in results["correctness"]} >= {"triton", "torch"}
+    assert [r["status"] for r in results["variants"]] == ["ok", "ok"]
     assert {(r["boundary"], r["Q"]) for r in results["layer"]} == {("circular", 1), ("zeros", 1)}
     assert all(r["numba_ms"] > 0 and r["torch_ms"] > 0 and "triton_ms" not in r for r in results["layer"])
     assert [r["model"] for r in results["models"]] == ["resnet18"]

@@ -38,16 +38,19 @@ import torch
 import triton
 import triton.language as tl
 
-# Lines per program and warps per program, read at each call (the GPU benchmark,
-# scripts/gpu_check.py, times alternatives by setting them; not yet measured on a GPU).
+# Lines per program, warps per program and loop iterations in flight (Triton's software
+# pipelining of each sweep's loads; 1 = none), read at each call: the GPU benchmark
+# (scripts/gpu_check.py) times alternatives by setting them; not yet measured on a GPU.
 BLOCK_LINES = 64
 NUM_WARPS = 2
+PIPELINE_STAGES = 1
 
 
 @triton.jit
 def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, dst_step, mask,
                  z, z_off, z_step, start, m, d, n, left, right, apply_left, apply_right,
-                 CIRCULAR: tl.constexpr, PAIR: tl.constexpr, APPLY: tl.constexpr, BLOCK: tl.constexpr):
+                 CIRCULAR: tl.constexpr, PAIR: tl.constexpr, APPLY: tl.constexpr, BLOCK: tl.constexpr,
+                 STAGES: tl.constexpr):
     """Solve one factor on one chain of every line in the tile: ``src`` → ``dst`` (``mid``: scratch).
 
     With ``PAIR`` the last sweep also returns ``(Σ y[j]·z[j+1], Σ y[j]·z[j-1])`` over the
@@ -63,12 +66,17 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
     src = src + src_off
     mid = mid + mid_off
     dst = dst + dst_off
+    # A sweep reads what an earlier one wrote. Unpipelined, every thread reads back its own
+    # stores (same offsets, same layout); pipelined loads go through shared memory and may be
+    # issued by other threads, so the earlier stores are made visible to them first.
+    if STAGES > 1:
+        tl.debug_barrier()
     # Sweep 1 (read only): the open causal recursion w[j] = x[j]/s - b·w[j-1] and what the
     # boundary needs from it.
     w = tl.zeros([BLOCK], acc_t)
     if CIRCULAR:
         pow_b = one
-        for j in range(m):
+        for j in tl.range(m, num_stages=STAGES):
             x = tl.load(src + ((start + j * d) % n).to(tl.int64) * src_step, mask=mask, other=0.0).to(acc_t)
             w = x * inv_s - b * w
             pow_b = pow_b * -b
@@ -78,7 +86,7 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
         pow_a = one
         pow_ab = one
         ab_sum = tl.zeros([], acc_t)  # Σ_{j<m} (ab)^j
-        for j in range(m):
+        for j in tl.range(m, num_stages=STAGES):
             x = tl.load(src + (start + j * d).to(tl.int64) * src_step, mask=mask, other=0.0).to(acc_t)
             w = x * inv_s - b * w
             w_sum += pow_a * w
@@ -89,7 +97,7 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
     # Sweep 2: causal u[j] = x[j]/s - b·u[j-1] (exact start), stored in mid.
     u_sum = tl.zeros([BLOCK], acc_t)  # Σ (-a)^j u[j], for the cyclic anti-causal start
     pow_a = one
-    for j in range(m):
+    for j in tl.range(m, num_stages=STAGES):
         pos = ((start + j * d) % n if CIRCULAR else start + j * d).to(tl.int64)
         x = tl.load(src + pos * src_step, mask=mask, other=0.0).to(acc_t)
         u = x * inv_s - b * u
@@ -102,6 +110,8 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
     else:
         y = tl.zeros([BLOCK], acc_t)
     # Sweep 3: anti-causal y[j] = u[j] - a·y[j+1], into dst; optionally paired with z.
+    if STAGES > 1:
+        tl.debug_barrier()
     pair_next = tl.zeros([BLOCK], acc_t)
     pair_prev = tl.zeros([BLOCK], acc_t)
     if PAIR:
@@ -112,7 +122,7 @@ def _chain_solve(src, src_off, src_step, mid, mid_off, mid_step, dst, dst_off, d
             z_next = tl.load(z + (start % n).to(tl.int64) * z_step, mask=mask, other=0.0)
         else:
             z_next = tl.zeros([BLOCK], acc_t)
-    for jj in range(m):
+    for jj in tl.range(m, num_stages=STAGES):
         j = m - 1 - jj
         pos = ((start + j * d) % n if CIRCULAR else start + j * d).to(tl.int64)
         y = tl.load(mid + pos * mid_step, mask=mask, other=0.0).to(acc_t) - a * y
@@ -157,7 +167,8 @@ _STRIDES = ["sb", "sc", "sn", "sl"]
 @triton.jit(do_not_specialize=_SIZES + [f"src_{s}" for s in _STRIDES] + [f"out_{s}" for s in _STRIDES])
 def _forward_axis_kernel(src, work, dst, taps, C, n, n_lines, d, n_chains,
                          src_sb, src_sc, src_sn, src_sl, out_sb, out_sc, out_sn, out_sl,
-                         TAP: tl.constexpr, Q: tl.constexpr, CIRCULAR: tl.constexpr, BLOCK: tl.constexpr):
+                         TAP: tl.constexpr, Q: tl.constexpr, CIRCULAR: tl.constexpr, BLOCK: tl.constexpr,
+                         STAGES: tl.constexpr):
     """All Q factors along one axis: factor 0 reads ``src``, the last writes ``dst``, ``work`` between."""
     c, mask, src_off, out_off = _tile(C, n_lines, src_sb, src_sc, src_sl, out_sb, out_sc, out_sl, BLOCK)
     for q in tl.static_range(Q):
@@ -175,14 +186,15 @@ def _forward_axis_kernel(src, work, dst, taps, C, n, n_lines, d, n_chains,
                 o_ptr = work
             _chain_solve(a_ptr, a_off, a_step, work, out_off, out_sn, o_ptr, out_off, out_sn, mask,
                          work, out_off, out_sn, r, m, d, n, left, right, left, right,
-                         CIRCULAR, False, False, BLOCK)
+                         CIRCULAR, False, False, BLOCK, STAGES)
 
 
 @triton.jit(do_not_specialize=_SIZES + [f"g_{s}" for s in _STRIDES] + [f"out_{s}" for s in _STRIDES])
 def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_lines, d, n_chains,
                           g_sb, g_sc, g_sn, g_sl, out_sb, out_sc, out_sn, out_sl,
                           TAP: tl.constexpr, Q: tl.constexpr, CIRCULAR: tl.constexpr,
-                          SOLVE_STATES: tl.constexpr, UNDO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+                          SOLVE_STATES: tl.constexpr, UNDO_FIRST: tl.constexpr, BLOCK: tl.constexpr,
+                          STAGES: tl.constexpr):
     """Thm 4 along one axis, last factor first (see the module docstring).
 
     ``z_work`` holds the state before this axis's factors (solved here first if
@@ -200,7 +212,7 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
                 m = n // n_chains if CIRCULAR else (n - r + d - 1) // d
                 _chain_solve(z_work, out_off, out_sn, z_work, out_off, out_sn, z_work, out_off, out_sn, mask,
                              z_work, out_off, out_sn, r, m, d, n, left, right, left, right,
-                             CIRCULAR, False, False, BLOCK)
+                             CIRCULAR, False, False, BLOCK, STAGES)
     slots = ((tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)) * (2 * Q)
     for k in tl.static_range(Q - 1, -1, -1):
         left = tl.load(taps + (c * Q + k) * 4 + TAP).to(acc_t)
@@ -220,7 +232,8 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
             # transposed factor: left and right swapped
             pair_next, pair_prev = _chain_solve(a_ptr, a_off, a_step, u_work, out_off, out_sn, o_ptr, out_off,
                                                 out_sn, mask, z_work, out_off, out_sn, r, m, d, n, right, left,
-                                                left, right, CIRCULAR, True, (k > 0) or UNDO_FIRST, BLOCK)
+                                                left, right, CIRCULAR, True, (k > 0) or UNDO_FIRST, BLOCK,
+                                                STAGES)
             grad_left -= pair_next
             grad_right -= pair_prev
         tl.store(partial + slots + 2 * k, grad_left)
@@ -248,7 +261,7 @@ def _launch_forward(src, work, dst, taps, axis, circular, dilation):
     _forward_axis_kernel[grid](src, work, dst, taps, c, n, n_lines, dilation, _chains(n, dilation, circular),
                                *_axis_args(src, axis), *_axis_args(work, axis),
                                TAP=0 if axis == 2 else 2, Q=taps.shape[1], CIRCULAR=circular,
-                               BLOCK=BLOCK_LINES, num_warps=NUM_WARPS)
+                               BLOCK=BLOCK_LINES, STAGES=PIPELINE_STAGES, num_warps=NUM_WARPS)
 
 
 def triton_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int) -> torch.Tensor:
@@ -288,7 +301,7 @@ def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.
             grad_in, grad_v, grad_out, state, taps_acc, partial, c, n, n_lines, dilation,
             _chains(n, dilation, circular), *_axis_args(grad_in, axis), *_axis_args(state, axis),
             TAP=0 if axis == 2 else 2, Q=q, CIRCULAR=circular, SOLVE_STATES=solve_states,
-            UNDO_FIRST=solve_states, BLOCK=BLOCK_LINES, num_warps=NUM_WARPS)
+            UNDO_FIRST=solve_states, BLOCK=BLOCK_LINES, STAGES=PIPELINE_STAGES, num_warps=NUM_WARPS)
         grad_taps.append(partial.sum((0, 2)))
     grad_h, grad_w = grad_taps[1], grad_taps[0]
     return grad_x, torch.cat((grad_h, grad_w), -1).to(taps.dtype)
