@@ -245,8 +245,14 @@ def check_layout_compile_graphs(setup: Setup, results: dict) -> bool:
             checks["triton torch.compile(fullgraph)"] = bool(torch.allclose(y, layer(x), rtol=1e-5, atol=1e-6))
             if dev.type == "cuda":
                 graphed = torch.cuda.make_graphed_callables(copy.deepcopy(layer), (x,))
+                x.grad = None
                 y_graph = graphed(x)
-                checks["triton CUDA graph fwd+bwd"] = bool(torch.allclose(y_graph, layer(x), rtol=1e-5, atol=1e-6))
+                y_graph.square().sum().backward()
+                grad_graph, x.grad = x.grad, None
+                y_eager = layer(x)
+                y_eager.square().sum().backward()
+                checks["triton CUDA graph fwd+bwd"] = bool(torch.allclose(y_graph, y_eager, rtol=1e-5, atol=1e-6)
+                                                          and torch.allclose(grad_graph, x.grad, rtol=1e-4, atol=1e-5))
         finally:
             if previous is None:
                 del os.environ["ARMA_PLUGIN_BACKEND"]
