@@ -302,9 +302,9 @@ def throughput(args: argparse.Namespace) -> list[list[str]]:
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
         per_second = args.throughput_steps * args.batch_size * accelerator.num_processes / (time.perf_counter() - start)
-        epoch_hours = args.train_sequences / per_second / 3600
+        hours_per_epoch = args.train_sequences / per_second / 3600
         rows.append([name, f"{count_parameters(model):,}", f"{per_second:.1f}",
-                     f"{epoch_hours * args.epochs:.1f}"])
+                     f"{hours_per_epoch * args.epochs:.1f}"])
         accelerator.free_memory()
     return rows
 
