@@ -38,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 import types
 from pathlib import Path
 from typing import Callable
@@ -167,37 +168,42 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.bfloat16: 5e-2}
 
 
+def _correctness_cases(setup: Setup):
+    for boundary in BOUNDARIES:
+        for q in setup.check_qs:
+            for dilation in setup.check_dilations:
+                for size in setup.check_sizes:
+                    yield boundary, q, dilation, size
+
+
 def check_correctness(setup: Setup, budget: Budget, results: dict) -> bool:
     print("\n## Correctness on", setup.device, "vs the dense float64 reference (max relative error)")
     ok = True
     rows = []
-    for boundary in BOUNDARIES:
-        for q in setup.check_qs:
-            for dilation in setup.check_dilations:
-                for h, w in setup.check_sizes:
-                    if not budget.allows("correctness", f"{boundary} Q={q} d={dilation} {h}x{w}", 240):
-                        return False
-                    gen = torch.Generator().manual_seed(100 * q + 10 * dilation + h)
-                    b, c = setup.check_batch, setup.check_channels
-                    alpha = torch.randn(c, q, 4, generator=gen, dtype=torch.float64)
-                    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
-                    g = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
-                    xr, ar = x.clone().requires_grad_(), alpha.clone().requires_grad_()
-                    yr = ar_solve_reference(xr, ar_taps(ar), boundary, dilation)
-                    gxr, gar = torch.autograd.grad(yr, (xr, ar), g, allow_unused=True)
-                    gar = torch.zeros_like(alpha) if gar is None else gar
-                    for backend in setup.backends:
-                        for dtype in setup.check_dtypes(backend, q):
-                            xd = x.to(setup.device, dtype).requires_grad_()
-                            ad = alpha.to(setup.device).requires_grad_()
-                            y = autoregressive2d(xd, ad, boundary, dilation=dilation, backend=backend)
-                            gx, ga = torch.autograd.grad(y, (xd, ad), g.to(setup.device, dtype))
-                            errs = (_rel(y, yr), _rel(gx, gxr),
-                                    float((ga.cpu().double() - gar).abs().max() / gar.abs().max().clamp_min(1.0)))
-                            good = max(errs) < TOLERANCE[dtype]
-                            ok &= good
-                            rows.append([backend, boundary, q, dilation, f"{h}x{w}", str(dtype).replace("torch.", ""),
-                                         *errs, "ok" if good else "FAIL"])
+    for boundary, q, dilation, (h, w) in _correctness_cases(setup):
+        if not budget.allows("correctness", f"{boundary} Q={q} d={dilation} {h}x{w}", 240):
+            break
+        gen = torch.Generator().manual_seed(100 * q + 10 * dilation + h)
+        b, c = setup.check_batch, setup.check_channels
+        alpha = torch.randn(c, q, 4, generator=gen, dtype=torch.float64)
+        x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
+        g = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
+        xr, ar = x.clone().requires_grad_(), alpha.clone().requires_grad_()
+        yr = ar_solve_reference(xr, ar_taps(ar), boundary, dilation)
+        gxr, gar = torch.autograd.grad(yr, (xr, ar), g, allow_unused=True)
+        gar = torch.zeros_like(alpha) if gar is None else gar
+        for backend in setup.backends:
+            for dtype in setup.check_dtypes(backend, q):
+                xd = x.to(setup.device, dtype).requires_grad_()
+                ad = alpha.to(setup.device).requires_grad_()
+                y = autoregressive2d(xd, ad, boundary, dilation=dilation, backend=backend)
+                gx, ga = torch.autograd.grad(y, (xd, ad), g.to(setup.device, dtype))
+                errs = (_rel(y, yr), _rel(gx, gxr),
+                        float((ga.cpu().double() - gar).abs().max() / gar.abs().max().clamp_min(1.0)))
+                good = max(errs) < TOLERANCE[dtype]
+                ok &= good
+                rows.append([backend, boundary, q, dilation, f"{h}x{w}", str(dtype).replace("torch.", ""),
+                             *errs, "ok" if good else "FAIL"])
     header = ["backend", "boundary", "Q", "d", "HxW", "dtype", "y", "dx", "dalpha", ""]
     worst = {}
     for row in rows:  # one line per (backend, dtype): the worst case; every failing case in full
@@ -209,10 +215,10 @@ def check_correctness(setup: Setup, budget: Budget, results: dict) -> bool:
     if failing:
         print("failing cases:\n" + format_table(header, failing, float_format=".1e"))
     results["correctness"] = [dict(zip(header[:-1] + ["status"], r)) for r in rows]
-    return ok & check_layout_compile_graphs(setup, results)
+    return ok
 
 
-def check_layout_compile_graphs(setup: Setup, results: dict) -> bool:
+def check_layout_compile_graphs(setup: Setup, budget: Budget, results: dict) -> bool:
     """channels_last + bf16 autocast keeps layout and dtype; compiled and graphed layers agree."""
     from arma_plugin.layers.autoregressive import AutoRegressive2d
 
@@ -442,11 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     versions = {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
                 "cuda": torch.version.cuda, "backends": setup.backends}
     print(" ".join(f"{k}={v}" for k, v in versions.items()))
-    results: dict = {"versions": versions}
-    ok = check_correctness(setup, budget, results)
-    ok &= pick_variant(setup, budget, results)
-    layer_table(setup, budget, results)
-    model_table(setup, budget, results)
+    results: dict = {"versions": versions, "errors": []}
+    ok = True
+    for section in (check_correctness, check_layout_compile_graphs, pick_variant, layer_table, model_table):
+        try:
+            ok &= section(setup, budget, results) is not False  # the tables return None
+        except Exception:  # one broken section must not cost the rest of a one-shot GPU run
+            traceback.print_exc()
+            results["errors"].append(f"{section.__name__}: {traceback.format_exc(limit=-1).strip()}")
+            ok = False
     results["skipped"] = budget.skipped
     results["all_checks_ok"] = ok
     if args.json:

@@ -289,7 +289,7 @@ def test_gpu_check_smoke_run(tmp_path, monkeypatch):
     spec.loader.exec_module(gpu_check)
     assert gpu_check.main(["--smoke", "--json", str(tmp_path / "out.json")]) == 0
     results = json.loads((tmp_path / "out.json").read_text())
-    assert results["all_checks_ok"] and results["skipped"] == []
+    assert results["all_checks_ok"] and results["skipped"] == [] and results["errors"] == []
     assert {r["backend"] for r in results["correctness"]} >= {"triton", "torch"}
     assert [r["status"] for r in results["variants"]] == ["ok", "ok"]
     assert {(r["boundary"], r["Q"]) for r in results["layer"]} == {("circular", 1), ("zeros", 1)}
