@@ -10,12 +10,9 @@ from typing import Any, Mapping
 from ..table import format_table
 
 
-class ConvStatus(str, Enum):
-    """What ``armafy`` did with one conv; the value is what ``to_dict`` writes."""
-
-    CONVERTED = "converted"
-    ALREADY = "already ARMA"
-    SKIPPED = "skipped"
+class _ValueEnum(str, Enum):
+    """A str enum that prints and hashes as its value, so it is interchangeable with the
+    plain-string keys read back from ``config.json``."""
 
     def __str__(self) -> str:
         return self.value
@@ -24,7 +21,15 @@ class ConvStatus(str, Enum):
         return hash(self.value)
 
 
-class SkipReason(str, Enum):
+class ConvStatus(_ValueEnum):
+    """What ``armafy`` did with one conv; the value is what ``to_dict`` writes."""
+
+    CONVERTED = "converted"
+    ALREADY = "already ARMA"
+    SKIPPED = "skipped"
+
+
+class SkipReason(_ValueEnum):
     """Why a conv was left unchanged. The value is the stable key written to ``config.json``;
     :attr:`explanation` is the sentence for people."""
 
@@ -37,12 +42,6 @@ class SkipReason(str, Enum):
     INSIDE_NONLOCAL = "inside_nonlocal"
     FUNCTIONAL_IN_MODULE_MODE = "functional_in_module_mode"
     UNKNOWN_CHANNELS = "unknown_channels"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __hash__(self) -> int:  # Enum hashes the member name; hash the value so "key" lookups work
-        return hash(self.value)
 
     @property
     def explanation(self) -> str:
