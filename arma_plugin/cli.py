@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .table import format_table
-from .validation import check_positive_int
+from .validation import positive_int
 
 USAGE_ERROR = 2
 MODEL_SPEC_HELP = ("timm:NAME (e.g. timm:vgg11), smp:ARCH/ENCODER (e.g. smp:Unet/resnet18), "
@@ -41,14 +41,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type``: :func:`~arma_plugin.validation.check_positive_int`'s rule for a typed value."""
-    try:
-        return check_positive_int("the value", int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
 
 
 # --------------------------------------------------------------------------- models

@@ -5,9 +5,10 @@ same message (the argument's name, the allowed values, what was given).
 """
 from __future__ import annotations
 
+import argparse
 from typing import Any, Iterable
 
-__all__ = ["check_positive_int", "check_choice", "check_odd_kernel_size"]
+__all__ = ["check_positive_int", "check_choice", "check_odd_kernel_size", "positive_int"]
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -30,3 +31,11 @@ def check_odd_kernel_size(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 3 or value % 2 == 0:
         raise ValueError(f"{name} must be an odd integer >= 3 (3, 5, 7, ...), got {value!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: :func:`check_positive_int`'s rule for a value typed on a command line."""
+    try:
+        return check_positive_int("the value", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None

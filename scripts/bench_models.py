@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from arma_plugin import armafy
-from arma_plugin.cli import positive_int
+from arma_plugin.validation import positive_int
 from arma_plugin.table import format_table
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int, int]]] = {

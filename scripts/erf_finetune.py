@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from arma_plugin import armafy
-from arma_plugin.cli import positive_int
+from arma_plugin.validation import positive_int
 from arma_plugin.erf import erf_map, erf_radius
 from arma_plugin.plots import plot_erf_comparison
 from arma_plugin.table import format_table

@@ -22,7 +22,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
-from arma_plugin.cli import positive_int
+from arma_plugin.validation import positive_int
 from sweep_timm import armafy_row, sweep_table
 
 DEFAULT_ENCODERS = ("resnet18", "mobilenet_v2", "efficientnet-b0", "tu-regnetx_002", "mit_b0")

@@ -25,7 +25,7 @@ import timm
 import torch
 
 from arma_plugin import armafy
-from arma_plugin.cli import positive_int
+from arma_plugin.validation import positive_int
 from arma_plugin.convert import SkipReason
 from arma_plugin.table import format_table
 

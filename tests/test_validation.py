@@ -1,10 +1,12 @@
 """The shared argument checks: one rule and one message per kind of argument."""
+import argparse
+
 import pytest
 import torch.nn as nn
 
 from arma_plugin import ARMAConfig
 from arma_plugin.erf import erf_map, theoretical_radius
-from arma_plugin.validation import check_choice, check_odd_kernel_size, check_positive_int
+from arma_plugin.validation import check_choice, check_odd_kernel_size, check_positive_int, positive_int
 
 
 @pytest.mark.parametrize("value", [1, 2, 10**9])
@@ -54,3 +56,13 @@ def test_the_package_uses_the_one_rule(call) -> None:
     """Entry points that take a count refuse booleans and floats with the shared message."""
     with pytest.raises(ValueError, match="must be an integer >= 1, got"):
         call()
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "2.0", "x", "True"])
+def test_positive_int_argument_type_refuses(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=f"must be an integer >= 1, got {text!r}"):
+        positive_int(text)
+
+
+def test_positive_int_argument_type_parses() -> None:
+    assert positive_int("7") == 7
