@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .layers import ARMAConv2d, AutoRegressive2d, ar_taps
-from .validation import check_positive_int
+from .validation import check_choice, check_positive_int
 
 RADIUS_ABOUT = ("origin", "mean")
 
@@ -118,8 +118,7 @@ def erf_radius(erf: torch.Tensor | np.ndarray, *, origin: Sequence[float] | None
     weights = torch.as_tensor(erf, dtype=torch.float64).cpu()
     if weights.dim() not in (1, 2):
         raise ValueError(f"erf must be a 1-D or 2-D map, got shape {tuple(weights.shape)}")
-    if about not in RADIUS_ABOUT:
-        raise ValueError(f"about must be one of {RADIUS_ABOUT}, got {about!r}")
+    check_choice("about", about, RADIUS_ABOUT)
     if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()) or float(weights.sum()) <= 0:
         raise ValueError("erf must be finite, non-negative and have a positive sum")
     weights = weights / weights.sum()

@@ -63,7 +63,7 @@ from arma_plugin import ARMAConfig, armafy
 from arma_plugin.metrics import frame_psnr, frame_ssim, summarize_video_metrics
 from arma_plugin.models import ConvLSTMNet
 from arma_plugin.table import format_table
-from arma_plugin.validation import check_positive_int
+from arma_plugin.validation import check_choice, check_positive_int
 from common import (add_training_args, count_parameters, fit, load_best_weights, make_accelerator,
                     prepare_output_dir, publish, resolve_resume, run_config, seed_everything, seeds_from_args,
                     summarize, tracker_config, validate_training_args, write_seed_table)
@@ -515,8 +515,7 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be distinct, got {values}")
     for speed in args.speeds:
         check_positive_int("--speeds (1, 2, 3 = Table 3's 1x, 2x, 3x)", speed)
-    if args.digits not in DIGIT_SOURCES:
-        raise ValueError(f"--digits must be one of {DIGIT_SOURCES}, got {args.digits!r}")
+    check_choice("--digits", args.digits, DIGIT_SOURCES)
     if args.test_file is not None and not Path(args.test_file).is_file():
         raise FileNotFoundError(f"--test-file {args.test_file!r} does not exist (expected the standard "
                                 f"mnist_test_seq.npy, [20, N, 64, 64] uint8)")

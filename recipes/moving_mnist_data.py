@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from arma_plugin.validation import check_choice, check_positive_int
+
 DIGIT_SOURCES = ("sklearn", "mnist")
 SPLITS = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.2
@@ -88,10 +90,8 @@ def load_digits(source: str = "sklearn", *, split: str = "train", digit_size: in
     ``split="train"`` and the held-out splits (``"val"``, ``"test"``) use disjoint digits.
     ``path`` (``--digits-path``) is a local MNIST copy and only valid with ``source="mnist"``.
     """
-    if source not in DIGIT_SOURCES:
-        raise ValueError(f"--digits must be one of {DIGIT_SOURCES}, got {source!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice("--digits", source, DIGIT_SOURCES)
+    check_choice("split", split, SPLITS)
     if path is not None and source != "mnist":
         raise ValueError("--digits-path is a local MNIST copy: use it with --digits mnist")
     if source == "sklearn":
@@ -138,10 +138,8 @@ class MovingMNIST(Dataset):
 
     def __init__(self, digits: torch.Tensor, *, num_sequences: int, frames: int = 20, frame_size: int = 64,
                  num_digits: int = 2, speed: int = 1, seed: int = 0, split: str = "train") -> None:
-        if isinstance(speed, bool) or not isinstance(speed, int) or speed < 1:
-            raise ValueError(f"--speed must be an integer >= 1 (1, 2, 3 are Table 3's 1x, 2x, 3x), got {speed!r}")
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_positive_int("--speed (1, 2, 3 = Table 3's 1x, 2x, 3x)", speed)
+        check_choice("split", split, SPLITS)
         if digits.dim() != 3 or digits.shape[-1] >= frame_size:
             raise ValueError(f"digits must be [N, s, s] with s < frame_size={frame_size}, "
                              f"got shape {tuple(digits.shape)}")

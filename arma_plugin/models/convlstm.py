@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..validation import check_positive_int
+
 
 class ConvLSTMCell(nn.Module):
     """One ConvLSTM cell: a single ``gates`` conv on ``[x, h]`` gives the i, f, o, g gates.
@@ -29,10 +31,9 @@ class ConvLSTMCell(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3,
                  dilation: int = 1, bias: bool = True) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        if check_positive_int("kernel_size", kernel_size) % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1 (1, 3, 5, ...), got {kernel_size!r}")
-        if dilation < 1:
-            raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+        check_positive_int("dilation", dilation)
         self.hidden_channels = hidden_channels
         self.gates = nn.Conv2d(in_channels + hidden_channels, 4 * hidden_channels, kernel_size,
                                padding=dilation * (kernel_size - 1) // 2, dilation=dilation, bias=bias)
