@@ -311,7 +311,8 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
         (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
         card = {"metrics": metrics_markdown(args, scores, state, reparam),
                 "description": f"`{args.model}` trained with `recipes/classify.py` (seed {seed})."}
-        publish(accelerator.unwrap_model(model), run_dir / "final", card, hub_repo_for_seed(args, seed))
+        repo_id = hub_repo_for_seed(args, seed, variant if args.compare_reparam else None)
+        publish(accelerator.unwrap_model(model), run_dir / "final", card, repo_id)
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): later runs still need the process group
         tracker.finish()

@@ -417,11 +417,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def hub_repo_for_seed(args: argparse.Namespace, seed: int) -> str | None:
-    """``--push-to-hub REPO`` for this run: ``REPO`` for one run, ``REPO-seed<s>`` under ``--seeds``."""
+def hub_repo_for_seed(args: argparse.Namespace, seed: int, variant: str | None = None) -> str | None:
+    """``--push-to-hub REPO`` for this run: ``REPO`` for one run, ``REPO-<variant>`` when one
+    invocation trains several variants, ``-seed<s>`` appended under ``--seeds``."""
     if not args.push_to_hub:
         return None
-    return args.push_to_hub if args.seeds is None else f"{args.push_to_hub}-seed{seed}"
+    repo = args.push_to_hub if variant is None else f"{args.push_to_hub}-{variant}"
+    return repo if args.seeds is None else f"{repo}-seed{seed}"
 
 
 def publish(model: nn.Module, save_directory: Path, card: Mapping[str, Any], repo_id: str | None) -> Path:

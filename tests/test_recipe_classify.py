@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import classify
+import common
 from arma_plugin import from_pretrained
 
 
@@ -23,15 +24,25 @@ def fresh_accelerate_state():
 
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
+    """Both variants once; ``--push-to-hub`` goes to a stand-in that records each repo."""
     output_dir = tmp_path_factory.mktemp("classify_smoke")
-    results = classify.main(["--smoke", "--compare-reparam", "--deterministic", "--output-dir", str(output_dir)])
+    pushed = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common, "push_to_hub", lambda model, repo, **card: pushed.append(repo))
+        results = classify.main(["--smoke", "--compare-reparam", "--deterministic", "--output-dir", str(output_dir),
+                                 "--push-to-hub", "someone/vgg-arma"])
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.use_deterministic_algorithms(False)
-    return output_dir, results
+    return output_dir, results, pushed
+
+
+def test_each_compared_variant_is_pushed_to_its_own_repo(compare_run):
+    *_, pushed = compare_run
+    assert sorted(pushed) == ["someone/vgg-arma-no_reparam", "someone/vgg-arma-reparam"]
 
 
 def test_smoke_run_writes_metrics_checkpoint_and_loadable_card(compare_run):
-    output_dir, results = compare_run
+    output_dir, results, _ = compare_run
     run_dir = output_dir / "reparam" / "seed_0"
     record = json.loads((run_dir / "test_metrics.json").read_text())
     # 120 digits cut 7:1:2 -> 24 test images, every one counted once
@@ -46,7 +57,7 @@ def test_smoke_run_writes_metrics_checkpoint_and_loadable_card(compare_run):
 
 
 def test_compare_reparam_writes_curves_plot_and_summary(compare_run):
-    output_dir, results = compare_run
+    output_dir, results, _ = compare_run
     png = output_dir / "compare_reparam.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((output_dir / "compare_reparam.json").read_text())
@@ -62,7 +73,7 @@ def test_compare_reparam_writes_curves_plot_and_summary(compare_run):
 
 
 def test_the_two_variants_differ_only_in_reparam(compare_run):
-    output_dir, _ = compare_run
+    output_dir, *_ = compare_run
     configs = {name: json.loads((output_dir / name / "seed_0" / "final" / "config.json").read_text())
                for name in ("reparam", "no_reparam")}
     assert configs["reparam"]["arma_config"]["reparam"] is True

@@ -335,3 +335,12 @@ def test_seed_table_of_one_seed_reports_no_spread(tmp_path):
     md, js = common.write_seed_table({"unet": {0: {"JS": 0.75}}}, ["JS"], tmp_path / "results")
     assert table_cells(md.read_text())[1] == ["unet", "0.750"]
     assert json.loads(js.read_text())["unet"]["metrics"]["JS"]["std"] is None
+
+
+@pytest.mark.parametrize("seeds, variant, expected", [
+    (None, None, "me/x"), ([0, 1], None, "me/x-seed1"),
+    (None, "reparam", "me/x-reparam"), ([0, 1], "no_reparam", "me/x-no_reparam-seed1")])
+def test_hub_repo_names_one_repo_per_run(tmp_path, seeds, variant, expected):
+    args = training_args(tmp_path, push_to_hub="me/x", seeds=seeds)
+    assert common.hub_repo_for_seed(args, 1, variant) == expected
+    assert common.hub_repo_for_seed(training_args(tmp_path, seeds=seeds), 1, variant) is None
