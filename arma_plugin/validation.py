@@ -8,13 +8,20 @@ from __future__ import annotations
 import argparse
 from typing import Any, Iterable
 
-__all__ = ["check_positive_int", "check_choice", "check_odd_kernel_size", "positive_int"]
+__all__ = ["check_bool", "check_positive_int", "check_choice", "check_odd_kernel_size", "positive_int"]
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     """``value`` if it is an ``int`` (``bool`` refused) ``>= minimum``, else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is ``True`` or ``False`` (not ``0``/``1``, not a string), else ``ValueError``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
 
 

@@ -273,6 +273,12 @@ def test_bad_module_arguments(argument, value):
         AutoRegressive2d(**kwargs)
 
 
+@pytest.mark.parametrize("value", [0, 1, "yes", None], ids=repr)
+def test_reparam_must_be_a_bool(value):
+    with pytest.raises(ValueError, match=rf"^reparam must be True or False, got {re.escape(repr(value))}$"):
+        AutoRegressive2d(4, reparam=value)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(ar_kernel_size=4), "ar_kernel_size"),
     (dict(ar_kernel_size=1), "ar_kernel_size"),

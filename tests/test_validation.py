@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from arma_plugin import ARMAConfig
 from arma_plugin.erf import erf_map, theoretical_radius
-from arma_plugin.validation import check_choice, check_odd_kernel_size, check_positive_int, positive_int
+from arma_plugin.validation import check_bool, check_choice, check_odd_kernel_size, check_positive_int, positive_int
 
 
 @pytest.mark.parametrize("value", [1, 2, 10**9])
@@ -66,3 +66,14 @@ def test_positive_int_argument_type_refuses(text: str) -> None:
 
 def test_positive_int_argument_type_parses() -> None:
     assert positive_int("7") == 7
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_bool_accepts_and_returns(value: bool) -> None:
+    assert check_bool("reparam", value) is value
+
+
+@pytest.mark.parametrize("value", [0, 1, "True", None])
+def test_bool_refuses_with_the_argument_named(value) -> None:
+    with pytest.raises(ValueError, match=f"^reparam must be True or False, got {value!r}$"):
+        check_bool("reparam", value)

@@ -12,15 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..layers.autoregressive import BOUNDARIES
-from ..validation import check_choice, check_odd_kernel_size, check_positive_int
+from ..validation import check_bool, check_choice, check_odd_kernel_size, check_positive_int
 
 MODES = ("module", "graph")
 ModulePattern = str | Sequence[str] | None
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"ARMAConfig.{name} must be True or False, got {value!r}")
 
 
 def _normalise_patterns(name: str, value: Any) -> str | tuple[str, ...] | None:
@@ -84,8 +79,8 @@ class ARMAConfig:
     def __post_init__(self) -> None:
         check_odd_kernel_size("ARMAConfig.ar_kernel_size", self.ar_kernel_size)
         check_choice("ARMAConfig.boundary", self.boundary, BOUNDARIES)
-        _check_bool("reparam", self.reparam)
-        _check_bool("include_pointwise", self.include_pointwise)
+        check_bool("ARMAConfig.reparam", self.reparam)
+        check_bool("ARMAConfig.include_pointwise", self.include_pointwise)
         self.target_modules = _normalise_patterns("target_modules", self.target_modules)
         self.exclude_modules = _normalise_patterns("exclude_modules", self.exclude_modules)
         if self.ar_dilation != "match":

@@ -21,7 +21,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..validation import check_choice, check_odd_kernel_size, check_positive_int
+from ..validation import check_bool, check_choice, check_odd_kernel_size, check_positive_int
 from .ar_solve_op import ar_solve, resolve_backend
 from .ar_taps import BOUNDARIES, ar_taps
 
@@ -98,6 +98,7 @@ class AutoRegressive2d(nn.Module):
         super().__init__()
         check_positive_int("channels", channels)
         check_odd_kernel_size("ar_kernel_size", ar_kernel_size)
+        check_bool("reparam", reparam)
         _check_args(boundary, dilation)
         self.channels = channels
         self.ar_kernel_size = ar_kernel_size
