@@ -44,8 +44,10 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- models
-def build_model(spec: str, *, pretrained: bool = False, num_classes: int | None = None) -> nn.Module:
-    """A model from ``timm:NAME``, ``smp:ARCH/ENCODER`` or a ``save_pretrained`` directory / Hub id."""
+def build_model(spec: str, *, pretrained: bool = False, num_classes: int | None = None,
+                trust_factories: Sequence[str] = ()) -> nn.Module:
+    """A model from ``timm:NAME``, ``smp:ARCH/ENCODER`` or a ``save_pretrained`` directory / Hub id
+    (``trust_factories``: see :func:`~arma_plugin.from_pretrained`)."""
     library, sep, name = spec.partition(":")
     if sep and library == "timm":
         import timm
@@ -78,7 +80,7 @@ def build_model(spec: str, *, pretrained: bool = False, num_classes: int | None 
     from .hub import CheckpointError
 
     try:
-        return from_pretrained(Path(spec).expanduser() if looks_like_path else spec)
+        return from_pretrained(Path(spec).expanduser() if looks_like_path else spec, trust_factories=trust_factories)
     except CheckpointError as err:  # a missing or broken checkpoint is the user's input, not a bug
         raise UsageError(str(err)) from err
 
@@ -154,7 +156,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .erf import ar_coefficients, ar_layer_summaries
 
-    model = build_model(args.path)
+    model = build_model(args.path, trust_factories=args.trust_factories)
     print(f"model: {type(model).__module__}.{type(model).__qualname__}")
     config, report = getattr(model, "arma_config", None), getattr(model, "arma_report", None)
     if config is not None:
@@ -212,7 +214,7 @@ def _erf_of_models(args: argparse.Namespace) -> None:
 
     erfs = {}
     for spec in args.models:
-        model = build_model(spec, pretrained=args.pretrained)
+        model = build_model(spec, pretrained=args.pretrained, trust_factories=args.trust_factories)
         if hasattr(model, "forward_features"):
             model = _FeatureMap(model)
         erfs[spec] = erf_map(model, args.input_size, n_samples=args.samples)
@@ -246,6 +248,13 @@ def _png_path(text: str) -> str:
     return text
 
 
+def _add_trust_factories(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-factories", nargs="+", default=(), metavar="PACKAGE",
+                        help="packages a checkpoint's model factory may be imported from although they are not "
+                             "installed (e.g. your project's own package in the current directory); see "
+                             "docs/checkpoints.md#security")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="arma-plugin", description="ARMA layers (Su et al., NeurIPS 2020) for timm and SMP models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,inspect,erf,bench}")
@@ -274,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="checkpoint directory or Hub repo id")
     inspect.add_argument("--plot", type=_png_path, help="write the Fig. 6 histogram of AR coefficients to this PNG")
     inspect.add_argument("--per-layer", action="store_true", help="one histogram outline per layer instead of pooled")
+    _add_trust_factories(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
     erf = sub.add_parser("erf", help="Fig. 3 and Thm 3 table, or ERF maps of models",
@@ -291,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     erf.add_argument("--input-size", type=positive_int, nargs=3, default=[3, 64, 64], metavar=("C", "H", "W"))
     erf.add_argument("--samples", type=positive_int, default=16, help="random inputs per model")
     erf.add_argument("--pretrained", action="store_true", help="pretrained weights for timm:/smp: models")
+    _add_trust_factories(erf)
     erf.set_defaults(run=cmd_erf)
 
     bench = sub.add_parser("bench", help="AR layer benchmark (arma_plugin.benchmark); options pass through",

@@ -396,3 +396,16 @@ def test_any_junk_field_loads_or_raises_a_checkpoint_error(field, tiny_checkpoin
         except CheckpointError:
             pass
 
+
+
+def test_cli_loads_a_factory_from_the_cwd_only_when_trusted(payload_checkpoint, tmp_path, monkeypatch, capsys):
+    from arma_plugin.cli import main
+
+    make, checkpoint, marker = payload_checkpoint
+    make(tmp_path / "work")
+    _cwd_on_path(monkeypatch, tmp_path / "work")
+    assert main(["inspect", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "'payload'" in err and len(err.strip().splitlines()) == 1 and not marker.exists()
+    assert main(["inspect", str(checkpoint), "--trust-factories", "payload"]) == 0
+    assert "model: hub_models.TinyNet" in capsys.readouterr().out and marker.exists()  # payload re-exports TinyNet
