@@ -92,9 +92,9 @@ class ImageRows(Dataset):
         image = self.images[index]
         return str(image) if isinstance(image, (str, Path)) else f"{self.description} row {index}"
 
-    def check_decodable(self) -> None:
-        """Decode every row's image once; name any that fails."""
-        check_decodable([self.name(i) for i in range(len(self))], self.load, what="images")
+    def check_decodable(self, indices: Sequence[int]) -> None:
+        """Decode the image of each row in ``indices`` once; name any that fails."""
+        check_decodable([self.name(i) for i in indices], lambda position: self.load(indices[position]), what="images")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.load(index).convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
@@ -158,6 +158,17 @@ def hf_splits(name: str, image_column: str | None, label_column: str, image_size
         raise ValueError(f"--hf-dataset {name!r} has splits {sorted(splits)}; need train+test or a single split")
     whole = rows(next(iter(splits)))
     return {k: Subset(whole, v) for k, v in seeded_split(len(whole), HOLDOUT, DATA_SEED).items()}, num_classes
+
+
+def rows_in_use(datasets: dict[str, Dataset]) -> list[tuple["ImageRows", list[int]]]:
+    """Each :class:`ImageRows` behind the splits, with the rows the splits use (``--limit``
+    uses a subset: only those are decoded before training)."""
+    used: dict[int, tuple[ImageRows, set[int]]] = {}
+    for dataset in datasets.values():
+        rows, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
+        if isinstance(rows, ImageRows):
+            used.setdefault(id(rows), (rows, set()))[1].update(indices)
+    return [(rows, sorted(indices)) for rows, indices in used.values()]
 
 
 def build_datasets(args: argparse.Namespace) -> tuple[dict[str, Dataset], int]:
@@ -273,9 +284,8 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     accelerator = make_accelerator(args)
     accelerator.init_trackers("classify", config=tracker_config(args))
     datasets, num_classes = build_datasets(args)
-    sources = (ds.dataset if isinstance(ds, Subset) else ds for ds in datasets.values())
-    for rows in {id(rows): rows for rows in sources if isinstance(rows, ImageRows)}.values():
-        rows.check_decodable()
+    for rows, indices in rows_in_use(datasets):
+        rows.check_decodable(indices)
     accelerator.print(f"{num_classes} classes; samples: " + ", ".join(f"{k} {len(v)}" for k, v in datasets.items()))
 
     seed_everything(seed, deterministic=args.deterministic)

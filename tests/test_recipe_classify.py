@@ -1,5 +1,6 @@
 """recipes/classify.py: smoke run, --compare-reparam outputs, data sources, bad input."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,19 @@ def test_truncated_image_fails_before_training_named(tmp_path):
     with pytest.raises(ValueError, match=r"1 of 10 images cannot be decoded: .*class_1/3\.png"):
         classify.main(["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--batch-size", "2"])
     assert not (tmp_path / "out" / "reparam").exists()
+
+
+def test_limit_decodes_only_the_rows_it_uses(tmp_path):
+    root = _image_folder(tmp_path / "data", per_class=10)
+    args = classify.parse_args(["--data-dir", str(root), "--limit", "8", "--image-size", "16"])
+    datasets, _ = classify.build_datasets(args)
+    (rows, indices), = classify.rows_in_use(datasets)
+    assert indices == sorted(i for split in datasets.values() for i in split.indices) and len(indices) == 8
+    unused = next(i for i in range(len(rows)) if i not in indices)
+    Path(rows.name(unused)).write_bytes(b"not an image")
+    rows.check_decodable(indices)  # the broken file is not one of the 8: no error
+    with pytest.raises(ValueError, match=rf"1 of 9 images cannot be decoded: {re.escape(rows.name(unused))}"):
+        rows.check_decodable([*indices, unused])
 
 
 def test_batch_larger_than_the_train_split_refuses_before_training(tmp_path):
