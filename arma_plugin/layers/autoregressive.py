@@ -1,6 +1,6 @@
 """Autoregressive (AR) part of an ARMA layer.
 
-Su et al., "Convolutional Neural Networks with Autoregressive Moving-Average Layers",
+Su, Wang, Huang, "ARMA Nets: Expanding Receptive Field for Dense Prediction",
 NeurIPS 2020: Def. 1 (the layer solves ``A * Y = T`` per channel), Def. 5 (separable AR
 filter: a product of Q length-3 factors per axis), Thm 4 (backward), Thm 6 (stability),
 Thm 7 (re-parameterisation, :func:`ar_taps`).
