@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,6 +169,27 @@ def test_numba_and_portable_paths_agree(boundary):
     for ours, theirs in zip(*results):
         # float64 on a well-conditioned system: both exact up to ~1e-15 relative.
         assert _rel_err(ours, theirs) < 1e-12
+
+
+def test_portable_zeros_path_on_maps_of_160_and_more():
+    """The torch zeros path inverts ``[C, n, n]`` factors; torch 2.14's CPU wheels hang in a
+    batched LU of two or more n >= 160 matrices with 2 threads. Run in a subprocess with 2
+    threads and a deadline, so that a hang fails here instead of stalling the suite."""
+    script = (
+        "import torch\n"
+        "from arma_plugin.layers.autoregressive import autoregressive2d\n"
+        "torch.set_num_threads(2)\n"
+        "gen = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(1, 3, 192, 8, generator=gen, requires_grad=True)\n"
+        "alpha = torch.randn(3, 1, 4, generator=gen, requires_grad=True)\n"
+        "ys = [autoregressive2d(x, alpha, 'zeros', backend=b) for b in ('torch', 'numba')]\n"
+        "grads = [torch.autograd.grad(y.square().sum(), (x, alpha)) for y in ys]\n"
+        "errors = [float((a - b).abs().max() / b.abs().max()) for a, b in zip((ys[0], *grads[0]), (ys[1], *grads[1]))]\n"
+        "print(max(errors))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # float32, two exact solvers of a well-conditioned system: agree to float32 rounding
+    assert float(done.stdout) < 1e-4
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)

@@ -61,8 +61,13 @@ def _dense_factor(left: torch.Tensor, right: torch.Tensor, n: int, dilation: int
 def _inverse(m: torch.Tensor) -> torch.Tensor:
     """``m^{-1}`` with subnormal entries set to zero. The inverse of a banded factor decays
     geometrically away from its diagonal into the subnormal range, where CPU matmuls slow
-    down severalfold; such entries are far below the resolution of the O(1) diagonal."""
-    inv = torch.linalg.inv(m)
+    down severalfold; such entries are far below the resolution of the O(1) diagonal.
+
+    On CPU the ``[C, n, n]`` batch is inverted one matrix at a time: the batched LU of the
+    MKL that torch 2.14's wheels ship never returns (after "oneMKL ERROR: Parameter 6 was
+    incorrect on entry to SLASWP") for two or more matrices of size >= 160 with more than one
+    thread; one matrix at a time is unaffected at every size."""
+    inv = torch.stack([torch.linalg.inv(one) for one in m]) if m.device.type == "cpu" else torch.linalg.inv(m)
     return inv.masked_fill(inv.abs() < torch.finfo(inv.dtype).tiny, 0.0)
 
 
