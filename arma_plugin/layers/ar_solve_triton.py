@@ -164,6 +164,36 @@ _SIZES = ["C", "n", "n_lines", "d", "n_chains"]
 _STRIDES = ["sb", "sc", "sn", "sl"]
 
 
+@triton.jit
+def _chain_length(n, d, n_chains, r, CIRCULAR: tl.constexpr):
+    """Positions on chain ``r`` (``r, r+d, …``): a whole cycle, or up to the map's edge."""
+    return n // n_chains if CIRCULAR else (n - r + d - 1) // d
+
+
+@triton.jit
+def _solve_axis(src, src_off, src_step, work, dst, out_off, out_step, taps, c, mask, n, d, n_chains,
+                TAP: tl.constexpr, Q: tl.constexpr, CIRCULAR: tl.constexpr, BLOCK: tl.constexpr,
+                STAGES: tl.constexpr):
+    """All Q factors along one axis for every line of the tile: factor 0 reads ``src``, the
+    last writes ``dst``, ``work`` (output layout) holds the states between."""
+    for q in tl.static_range(Q):
+        left = tl.load(taps + (c * Q + q) * 4 + TAP).to(work.dtype.element_ty)
+        right = tl.load(taps + (c * Q + q) * 4 + TAP + 1).to(work.dtype.element_ty)
+        for r in range(n_chains):
+            m = _chain_length(n, d, n_chains, r, CIRCULAR)
+            if q == 0:
+                a_ptr, a_off, a_step = src, src_off, src_step
+            else:
+                a_ptr, a_off, a_step = work, out_off, out_step
+            if q == Q - 1:
+                o_ptr = dst
+            else:
+                o_ptr = work
+            _chain_solve(a_ptr, a_off, a_step, work, out_off, out_step, o_ptr, out_off, out_step, mask,
+                         work, out_off, out_step, r, m, d, n, left, right, left, right,
+                         CIRCULAR, False, False, BLOCK, STAGES)
+
+
 @triton.jit(do_not_specialize=_SIZES + [f"src_{s}" for s in _STRIDES] + [f"out_{s}" for s in _STRIDES])
 def _forward_axis_kernel(src, work, dst, taps, C, n, n_lines, d, n_chains,
                          src_sb, src_sc, src_sn, src_sl, out_sb, out_sc, out_sn, out_sl,
@@ -171,22 +201,8 @@ def _forward_axis_kernel(src, work, dst, taps, C, n, n_lines, d, n_chains,
                          STAGES: tl.constexpr):
     """All Q factors along one axis: factor 0 reads ``src``, the last writes ``dst``, ``work`` between."""
     c, mask, src_off, out_off = _tile(C, n_lines, src_sb, src_sc, src_sl, out_sb, out_sc, out_sl, BLOCK)
-    for q in tl.static_range(Q):
-        left = tl.load(taps + (c * Q + q) * 4 + TAP).to(work.dtype.element_ty)
-        right = tl.load(taps + (c * Q + q) * 4 + TAP + 1).to(work.dtype.element_ty)
-        for r in range(n_chains):
-            m = n // n_chains if CIRCULAR else (n - r + d - 1) // d
-            if q == 0:
-                a_ptr, a_off, a_step = src, src_off, src_sn
-            else:
-                a_ptr, a_off, a_step = work, out_off, out_sn
-            if q == Q - 1:
-                o_ptr = dst
-            else:
-                o_ptr = work
-            _chain_solve(a_ptr, a_off, a_step, work, out_off, out_sn, o_ptr, out_off, out_sn, mask,
-                         work, out_off, out_sn, r, m, d, n, left, right, left, right,
-                         CIRCULAR, False, False, BLOCK, STAGES)
+    _solve_axis(src, src_off, src_sn, work, dst, out_off, out_sn, taps, c, mask, n, d, n_chains,
+                TAP, Q, CIRCULAR, BLOCK, STAGES)
 
 
 @triton.jit(do_not_specialize=_SIZES + [f"g_{s}" for s in _STRIDES] + [f"out_{s}" for s in _STRIDES])
@@ -205,14 +221,8 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
     c, mask, g_off, out_off = _tile(C, n_lines, g_sb, g_sc, g_sl, out_sb, out_sc, out_sl, BLOCK)
     acc_t = z_work.dtype.element_ty
     if SOLVE_STATES:
-        for q in tl.static_range(Q):
-            left = tl.load(taps + (c * Q + q) * 4 + TAP).to(acc_t)
-            right = tl.load(taps + (c * Q + q) * 4 + TAP + 1).to(acc_t)
-            for r in range(n_chains):
-                m = n // n_chains if CIRCULAR else (n - r + d - 1) // d
-                _chain_solve(z_work, out_off, out_sn, z_work, out_off, out_sn, z_work, out_off, out_sn, mask,
-                             z_work, out_off, out_sn, r, m, d, n, left, right, left, right,
-                             CIRCULAR, False, False, BLOCK, STAGES)
+        _solve_axis(z_work, out_off, out_sn, z_work, z_work, out_off, out_sn, taps, c, mask, n, d, n_chains,
+                    TAP, Q, CIRCULAR, BLOCK, STAGES)
     slots = ((tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)) * (2 * Q)
     for k in tl.static_range(Q - 1, -1, -1):
         left = tl.load(taps + (c * Q + k) * 4 + TAP).to(acc_t)
@@ -220,7 +230,7 @@ def _backward_axis_kernel(grad, u_work, u_dst, z_work, taps, partial, C, n, n_li
         grad_left = tl.zeros([BLOCK], acc_t)
         grad_right = tl.zeros([BLOCK], acc_t)
         for r in range(n_chains):
-            m = n // n_chains if CIRCULAR else (n - r + d - 1) // d
+            m = _chain_length(n, d, n_chains, r, CIRCULAR)
             if k == Q - 1:
                 a_ptr, a_off, a_step = grad, g_off, g_sn
             else:
