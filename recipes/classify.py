@@ -51,10 +51,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from arma_plugin import ARMAConfig, armafy
 from arma_plugin.validation import check_positive_int
-from common import (TrainerState, add_training_args, check_decodable, fit, hub_repo_for_seed, load_best_weights,
-                    load_hf_dataset, make_accelerator, open_image, prepare_output_dir, publish, resolve_resume,
-                    run_config, seed_everything, seeded_split, seeds_from_args, tracker_config,
-                    validate_training_args, write_seed_table)
+from common import (TrainerState, add_training_args, check_decodable, fit, fit_options, hub_repo_for_seed,
+                    load_best_weights, load_hf_dataset, make_accelerator, open_image, prepare_output_dir, publish,
+                    seed_everything, seeded_split, seeds_from_args, tracker_config, validate_training_args,
+                    write_seed_table)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 HOLDOUT = {"train": 7, "val": 1, "test": 2}  # for data without its own splits
@@ -306,9 +306,7 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     state = fit(accelerator, model, optimizer, train_loader, training_step=training_step,
                 evaluate=lambda m: evaluate_classifier(accelerator, m, val_loader),
                 epochs=config["epochs"], run_dir=run_dir, monitor="accuracy", mode="max",
-                resume_from=resolve_resume(args.resume_from_checkpoint, run_dir),
-                checkpoints_total_limit=args.checkpoints_total_limit, log_prefix=f"{variant}/seed_{seed}/",
-                run_config=run_config(args))
+                log_prefix=f"{variant}/seed_{seed}/", **fit_options(args, run_dir))
     if state.best_epoch is not None:
         load_best_weights(accelerator, model, run_dir)
     scores = evaluate_classifier(accelerator, model, test_loader)

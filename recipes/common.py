@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from arma_plugin import push_to_hub, save_pretrained
 from arma_plugin.table import format_table
-from arma_plugin.validation import check_positive_int
+from arma_plugin.validation import check_choice, check_positive_int
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "none")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
@@ -303,6 +303,14 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+def fit_options(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """The :func:`fit` arguments the shared flags decide for the run in ``run_dir``: where it
+    resumes from, how many checkpoints it keeps, and the run configuration it stores."""
+    return {"resume_from": resolve_resume(args.resume_from_checkpoint, run_dir),
+            "checkpoints_total_limit": args.checkpoints_total_limit,
+            "run_config": run_config(args)}
+
+
 def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
         train_loader: Iterable, *, training_step: TrainingStep, evaluate: Evaluate, epochs: int,
         run_dir: Path, monitor: str, mode: str = "max", resume_from: Path | None = None,
@@ -322,8 +330,7 @@ def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optim
     ``drop_last``) is refused before anything is trained or written: it would give zero
     optimizer steps and a NaN training loss.
     """
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    check_choice("mode", mode, ("max", "min"))
     _check_batches(accelerator, train_loader)
     state = TrainerState()
     if resume_from is not None:

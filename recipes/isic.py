@@ -56,9 +56,9 @@ from torch.utils.data import DataLoader
 
 from arma_plugin import ARMAConfig, armafy
 from arma_plugin.metrics import SEGMENTATION_METRICS, confusion_counts, segmentation_scores
-from common import (add_training_args, count_parameters, fit, hub_repo_for_seed, load_best_weights,
-                    make_accelerator, prepare_output_dir, publish, resolve_resume, run_config, seed_everything,
-                    seeds_from_args, tracker_config, validate_training_args, write_seed_table)
+from common import (add_training_args, count_parameters, fit, fit_options, hub_repo_for_seed, load_best_weights,
+                    make_accelerator, prepare_output_dir, publish, seed_everything, seeds_from_args,
+                    tracker_config, validate_training_args, write_seed_table)
 from isic_data import (IMAGE_DIR, SPLIT_SEED, FolderSource, LesionDataset, find_isic_pairs, load_hf_splits,
                        split_indices, write_synthetic_isic)
 
@@ -187,9 +187,7 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     state = fit(accelerator, model, optimizer, train_loader, training_step=training_step,
                 evaluate=lambda m: evaluate_segmentation(accelerator, m, val_loader),
                 epochs=config["epochs"], run_dir=run_dir, monitor="JS", mode="max",
-                resume_from=resolve_resume(args.resume_from_checkpoint, run_dir),
-                checkpoints_total_limit=args.checkpoints_total_limit, log_prefix=f"seed_{seed}/",
-                run_config=run_config(args))
+                log_prefix=f"seed_{seed}/", **fit_options(args, run_dir))
     load_best_weights(accelerator, model, run_dir)
     scores = evaluate_segmentation(accelerator, model, test_loader)
     agree = ranks_agree(accelerator, scores)

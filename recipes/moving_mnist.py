@@ -64,9 +64,9 @@ from arma_plugin.metrics import frame_psnr, frame_ssim, summarize_video_metrics
 from arma_plugin.models import ConvLSTMNet
 from arma_plugin.table import format_table
 from arma_plugin.validation import check_choice, check_positive_int
-from common import (add_training_args, count_parameters, fit, load_best_weights, make_accelerator,
-                    prepare_output_dir, publish, resolve_resume, run_config, seed_everything, seeds_from_args,
-                    summarize, tracker_config, validate_training_args, write_seed_table)
+from common import (add_training_args, count_parameters, fit, fit_options, load_best_weights, make_accelerator,
+                    prepare_output_dir, publish, seed_everything, seeds_from_args, summarize, tracker_config,
+                    validate_training_args, write_seed_table)
 from moving_mnist_data import DIGIT_SOURCES, FixedSequences, MovingMNIST, digit_size_for, load_digits
 
 MODEL_FACTORY = "arma_plugin.models.convlstm:ConvLSTMNet"
@@ -252,9 +252,7 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
 
     fit(accelerator, model, optimizer, train_loader, training_step=training_step, evaluate=evaluate,
         epochs=config["epochs"], run_dir=run_dir, monitor="psnr", mode="max",
-        resume_from=resolve_resume(args.resume_from_checkpoint, run_dir),
-        checkpoints_total_limit=args.checkpoints_total_limit, log_prefix=f"{name}/speed{speed}/seed_{seed}/",
-        run_config=run_config(args))
+        log_prefix=f"{name}/speed{speed}/seed_{seed}/", **fit_options(args, run_dir))
     load_best_weights(accelerator, model, run_dir)
     psnr, ssim, predictions = predict_and_score(accelerator, model, test_loader, args)
     for tracker in accelerator.trackers:  # not end_training(): later runs still need the process group

@@ -344,3 +344,16 @@ def test_hub_repo_names_one_repo_per_run(tmp_path, seeds, variant, expected):
     args = training_args(tmp_path, push_to_hub="me/x", seeds=seeds)
     assert common.hub_repo_for_seed(args, 1, variant) == expected
     assert common.hub_repo_for_seed(training_args(tmp_path, seeds=seeds), 1, variant) is None
+
+
+def test_fit_options_follow_the_shared_flags(tmp_path):
+    run_dir = tmp_path / "seed_0"
+    for epoch in (1, 2):
+        folder = run_dir / "checkpoints" / f"epoch_{epoch:04d}"
+        folder.mkdir(parents=True)
+        common.TrainerState(epoch=epoch).save(folder / common.TRAINER_STATE_NAME)
+    args = training_args(tmp_path, resume_from_checkpoint="latest", checkpoints_total_limit=3)
+    options = common.fit_options(args, run_dir)
+    assert options == {"resume_from": run_dir / "checkpoints" / "epoch_0002", "checkpoints_total_limit": 3,
+                       "run_config": common.run_config(args)}
+    assert common.fit_options(training_args(tmp_path), run_dir)["resume_from"] is None
