@@ -36,8 +36,8 @@ def new_ar(channels: int, dilation: tuple[int, int], like: torch.Tensor, trainin
     """The AR solve (identity at init) to follow a conv with ``channels`` outputs, on ``like``'s
     device and dtype."""
     ar = AutoRegressive2d(channels, config.ar_kernel_size, config.boundary, config.reparam,
-                          ar_dilation(dilation, config))
-    return ar.to(device=like.device, dtype=like.dtype).train(training)
+                          ar_dilation(dilation, config), device=like.device, dtype=like.dtype)
+    return ar.train(training)
 
 
 def new_ar_for(conv: nn.Module, config: ARMAConfig) -> AutoRegressive2d:
