@@ -34,7 +34,7 @@ if not ar_solve_triton.INTERPRETED:
 BOUNDARIES = ["circular", "zeros"]
 EPS64 = torch.finfo(torch.float64).eps
 EPS32 = torch.finfo(torch.float32).eps
-# (Q, dilation, H×W, lines per program): each size of the issue, Q = 1, 2, 3 and dilation
+# (Q, dilation, H×W, lines per program): sizes 1×1, 2×7, 5×3, 33×20, Q = 1, 2, 3 and dilation
 # 1, 2, with each boundary; the last row has more lines than one program's block along
 # both axes (several programs per plane, a partial last tile).
 CASES = [(1, 1, (1, 1), 64), (2, 2, (2, 7), 64), (3, 1, (5, 3), 64), (1, 2, (33, 20), 64), (2, 2, (6, 9), 4)]

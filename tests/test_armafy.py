@@ -19,7 +19,7 @@ from timm.layers import CondConv2d, Conv2dSame
 from arma_plugin import ARMAConfig, ARMAConv2d, AutoRegressive2d, NonLocal2d, ar_parameters, armafy, non_ar_parameters
 from arma_plugin.convert import ConversionReport, SkipReason
 
-# Identity target of the issue: max |armafied - original| / max |original| in float32. The AR
+# Identity target: max |armafied - original| / max |original| in float32. The AR
 # solve at alpha = 0 is the identity up to rounding of the solver (an FFT path is not bit-exact),
 # and errors of ~1e-7 per layer must not add up past this over ~50 layers.
 IDENTITY_TOL = 1e-5

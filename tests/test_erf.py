@@ -11,7 +11,7 @@ from arma_plugin.erf import (ar_layer_radius, erf_map, erf_radius, linear_arma_e
 from arma_plugin.layers import AutoRegressive2d
 
 # The networks are float64 and the measured line holds all but L·1e-10 of the ERF's mass,
-# so a relative error above 1e-4 means a wrong layer or ERF, not noise. (The bar is 2%.)
+# so a relative error above 1e-4 means a wrong layer or ERF, not noise.
 THM3_RTOL = 1e-4
 
 
