@@ -192,6 +192,25 @@ def test_portable_zeros_path_on_maps_of_160_and_more():
     assert float(done.stdout) < 1e-4
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_solve_keeps_torch_thread_count(threads):
+    """numba's OpenMP pool, when it starts, resets the process's OpenMP thread count, which is
+    torch's intra-op count: a one-thread training process would then run its convs on two.
+    In a fresh process, so the pool starts inside this test."""
+    pytest.importorskip("numba")
+    script = (
+        "import torch\n"
+        "from arma_plugin.layers.autoregressive import autoregressive2d\n"
+        f"torch.set_num_threads({threads})\n"
+        "x = torch.randn(2, 3, 8, 8, requires_grad=True)\n"
+        "alpha = torch.randn(3, 1, 4, requires_grad=True)\n"
+        "autoregressive2d(x, alpha, 'zeros', backend='numba').sum().backward()\n"
+        "print(torch.get_num_threads())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == threads
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stability_fuzz(backend, boundary):

@@ -180,7 +180,6 @@ def _solve_plane_transposed(x_plane, taps_c, d, circular, buf, out_t):
         _solve(out_t, taps_c[q, 2], taps_c[q, 3], d, circular)
 
 
-@nb.njit(parallel=True, cache=True)
 def _forward_planes(x, taps, d, circular, out):
     n_planes, h, w = x.shape
     channels = taps.shape[0]
@@ -205,7 +204,6 @@ def _backward_axis(u, z, taps_c, first_tap, d, circular, grad_taps_p, tmp, undo_
             _apply(z, left, right, d, circular, tmp)
 
 
-@nb.njit(parallel=True, cache=True)
 def _backward_planes(grad_y, x, taps, d, circular, grad_x, grad_taps):
     n_planes, h, w = x.shape
     channels = taps.shape[0]
@@ -228,31 +226,47 @@ def _backward_planes(grad_y, x, taps, d, circular, grad_x, grad_taps):
         _backward_axis(u, z, taps[c], 0, d, circular, grad_taps[p], tmp, False)
 
 
+def _compile_plane_loop(loop):
+    """``{parallel: kernel}``: the ``prange`` loop compiled threaded, and serial (``prange`` is
+    ``range`` there). The serial kernel never starts numba's thread pool, whose OpenMP start-up
+    also raises torch's intra-op thread count."""
+    return {parallel: nb.njit(parallel=parallel, cache=True)(loop) for parallel in (True, False)}
+
+
+_FORWARD_PLANES = _compile_plane_loop(_forward_planes)
+_BACKWARD_PLANES = _compile_plane_loop(_backward_planes)
+
+
+def _run_plane_loop(kernels, *args) -> None:
+    """Run over planes with torch's intra-op thread count, and leave that count as it was."""
+    threads = torch.get_num_threads()
+    parallel = threads > 1 and nb.config.NUMBA_NUM_THREADS > 1
+    if parallel:
+        nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
+    kernels[parallel](*args)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _planes(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().view(-1, t.shape[-2], t.shape[-1]).numpy()
 
 
-def _set_threads() -> None:
-    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
-
-
 def numba_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int) -> torch.Tensor:
     """``Y = A^{-1} X`` for CPU ``x`` ``[B, C, H, W]`` (float32/float64), taps ``[C, Q, 4]``."""
-    _set_threads()
     out = torch.empty(x.shape, dtype=x.dtype)
     taps_np = taps.detach().to(x.dtype).contiguous().numpy()
-    _forward_planes(_planes(x), taps_np, dilation, boundary == "circular", _planes(out))
+    _run_plane_loop(_FORWARD_PLANES, _planes(x), taps_np, dilation, boundary == "circular", _planes(out))
     return out
 
 
 def numba_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
                             dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dL/dX, dL/dtaps)`` from ``dL/dY`` and the saved input ``X`` (see module docstring)."""
-    _set_threads()
     b, c, h, w = x.shape
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     grad_taps = torch.empty(b * c, taps.shape[1], 4, dtype=torch.float64)
     taps_np = taps.detach().to(x.dtype).contiguous().numpy()
-    _backward_planes(_planes(grad_y.to(x.dtype)), _planes(x), taps_np, dilation, boundary == "circular",
-                     _planes(grad_x), grad_taps.numpy())
+    _run_plane_loop(_BACKWARD_PLANES, _planes(grad_y.to(x.dtype)), _planes(x), taps_np, dilation,
+                    boundary == "circular", _planes(grad_x), grad_taps.numpy())
     return grad_x, grad_taps.view(b, c, -1, 4).sum(0).to(taps.dtype)
