@@ -52,8 +52,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from arma_plugin import ARMAConfig, armafy
 from arma_plugin.validation import check_positive_int
 from common import (TrainerState, add_training_args, check_decodable, fit, fit_options, hub_repo_for_seed,
-                    load_best_weights, load_hf_dataset, make_accelerator, open_image, prepare_output_dir, publish,
-                    seed_everything, seeded_split, seeds_from_args, tracker_config, validate_training_args,
+                    load_best_weights, load_hf_dataset, make_accelerator, make_lr_scheduler, open_image,
+                    prepare_output_dir, publish, seed_everything, seeded_split, seeds_from_args, tracker_config, validate_training_args,
                     write_seed_table)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -294,7 +294,9 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     loaders = [DataLoader(datasets[key], batch_size=config["batch_size"], shuffle=key == "train",
                           num_workers=args.num_workers, drop_last=key == "train")
                for key in ("train", "val", "test")]
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, *loaders)
+    lr_scheduler = make_lr_scheduler(args, optimizer, len(loaders[0]))
+    model, optimizer, lr_scheduler, train_loader, val_loader, test_loader = accelerator.prepare(
+        model, optimizer, lr_scheduler, *loaders)
 
     def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
         images, labels = batch
@@ -306,7 +308,7 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     state = fit(accelerator, model, optimizer, train_loader, training_step=training_step,
                 evaluate=lambda m: evaluate_classifier(accelerator, m, val_loader),
                 epochs=config["epochs"], run_dir=run_dir, monitor="accuracy", mode="max",
-                log_prefix=f"{variant}/seed_{seed}/", **fit_options(args, run_dir))
+                log_prefix=f"{variant}/seed_{seed}/", lr_scheduler=lr_scheduler, **fit_options(args, run_dir))
     if state.best_epoch is not None:
         load_best_weights(accelerator, model, run_dir)
     scores = evaluate_classifier(accelerator, model, test_loader)

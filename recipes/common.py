@@ -4,7 +4,10 @@ A recipe keeps its own data, model and metrics; everything about *how* it trains
 lives here, so every recipe gets the same flags and the same behaviour:
 
 - :func:`add_training_args` — the common flags (precision, accumulation, trackers,
-  output dir and its overwrite, resume, seeds, Hub push, epochs, batch size, lr, CPU, workers).
+  output dir and its overwrite, resume, seeds, Hub push, epochs, batch size, lr and its
+  schedule, CPU, workers).
+- :func:`make_lr_scheduler` — the ``--lr-scheduler-type`` schedule with ``--num-warmup-steps``
+  (the shapes of ``transformers.get_scheduler``), stepped by :func:`fit` after each optimizer step.
 - :func:`seeds_from_args`, :func:`seed_everything`, :func:`make_accelerator`.
 - :func:`prepare_output_dir` — one run per output folder: a new run refuses a folder that
   holds another run (unless ``--overwrite-output-dir``, which clears it), a resumed run must
@@ -48,6 +51,7 @@ from arma_plugin.validation import check_choice, check_positive_int
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "none")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+LR_SCHEDULER_CHOICES = ("constant", "linear", "cosine")
 CHECKPOINTS_DIRNAME = "checkpoints"
 BEST_DIRNAME = "best"
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -55,7 +59,8 @@ RUN_CONFIG_NAME = "run_config.json"
 NOT_RUN_CONFIG = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "epochs", "push_to_hub",
                   "report_to", "checkpoints_total_limit", "num_workers", "cpu")
 """Flags that say where and how long a run goes, not what it trains: a resumed run may change
-them (``--epochs`` extends a run: no recipe's schedule depends on it)."""
+them. ``--epochs`` may extend a run only under a constant lr schedule: any other schedule
+spans all the epochs, so there it is part of the run (:func:`run_config`)."""
 IMAGE_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 """What PIL raises for an unreadable, truncated or corrupt image file."""
 
@@ -68,14 +73,20 @@ Evaluate = Callable[[nn.Module], Mapping[str, float]]
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, output_dir: str, epochs: int,
-                      batch_size: int, lr: float) -> argparse._ArgumentGroup:
+                      batch_size: int, lr: float, lr_scheduler_type: str = "constant",
+                      num_warmup_steps: int = 0) -> argparse._ArgumentGroup:
     """Add the flags every recipe shares, with recipe-specific defaults; returns the group."""
     group = parser.add_argument_group("training (shared by all recipes)")
     group.add_argument("--output-dir", type=Path, default=Path(output_dir),
                        help="runs go to OUTPUT_DIR/seed_<s>/, the seed table to OUTPUT_DIR/results.{md,json}")
     group.add_argument("--epochs", type=int, default=epochs)
     group.add_argument("--batch-size", type=int, default=batch_size, help="per process")
-    group.add_argument("--lr", type=float, default=lr)
+    group.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    group.add_argument("--lr-scheduler-type", choices=LR_SCHEDULER_CHOICES, default=lr_scheduler_type,
+                       help="learning rate after the warm-up, over all optimizer steps of --epochs: "
+                            "constant, linear decay to 0, or cosine decay to 0")
+    group.add_argument("--num-warmup-steps", type=int, default=num_warmup_steps,
+                       help="optimizer steps of linear warm-up from 0 to --lr")
     group.add_argument("--mixed-precision", choices=MIXED_PRECISION_CHOICES, default=None,
                        help="default: whatever `accelerate launch`/`accelerate config` set (else no)")
     group.add_argument("--gradient-accumulation-steps", type=int, default=1)
@@ -109,6 +120,7 @@ def validate_training_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "gradient_accumulation_steps", "checkpoints_total_limit"):
         check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
     check_positive_int("--num-workers", args.num_workers, minimum=0)
+    check_positive_int("--num-warmup-steps", args.num_warmup_steps, minimum=0)
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     seeds = seeds_from_args(args)
@@ -175,6 +187,8 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     resumed run must have the same (:func:`prepare_output_dir`).
     """
     config = {key: value for key, value in vars(args).items() if key not in NOT_RUN_CONFIG}
+    if getattr(args, "lr_scheduler_type", "constant") != "constant":
+        config["epochs"] = args.epochs
     return json.loads(json.dumps(config, default=str))  # paths -> str, tuples -> lists
 
 
@@ -315,7 +329,8 @@ def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optim
         train_loader: Iterable, *, training_step: TrainingStep, evaluate: Evaluate, epochs: int,
         run_dir: Path, monitor: str, mode: str = "max", resume_from: Path | None = None,
         checkpoints_total_limit: int = 2, log_prefix: str = "",
-        run_config: Mapping[str, Any] | None = None) -> TrainerState:
+        run_config: Mapping[str, Any] | None = None,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> TrainerState:
     """Train ``model`` (already ``accelerator.prepare``-d with ``optimizer`` and loaders).
 
     Each epoch: train (gradient accumulation via ``accelerator.accumulate``), ``evaluate``,
@@ -325,6 +340,8 @@ def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optim
     after the epoch stored there; a finished run returns its state without training.
     Metrics go to the trackers under ``log_prefix`` (e.g. ``"seed_0/"``); ``run_config``
     (:func:`run_config`) is stored in every checkpoint so that a resume can be checked.
+    ``lr_scheduler`` (prepared, e.g. from :func:`make_lr_scheduler`) steps after every
+    optimizer step; the learning rate of each step is logged as ``lr``.
 
     A ``train_loader`` that yields no batch (e.g. fewer samples than one batch with
     ``drop_last``) is refused before anything is trained or written: it would give zero
@@ -350,12 +367,15 @@ def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optim
                    disable=not accelerator.is_local_main_process, leave=False)
         for batch in bar:
             with accelerator.accumulate(model):
+                lr = optimizer.param_groups[0]["lr"]
                 outputs = training_step(model, batch)
                 loss = outputs["loss"]
                 accelerator.backward(loss)
                 optimizer.step()
+                if lr_scheduler is not None:
+                    lr_scheduler.step()
                 optimizer.zero_grad()
-            logged = {name: value.detach().float().item() for name, value in outputs.items()}
+            logged = {**{name: value.detach().float().item() for name, value in outputs.items()}, "lr": lr}
             state.step += 1
             state.steps.append({"step": state.step, **logged})
             if state.first_nonfinite_step is None and not math.isfinite(logged["loss"]):
@@ -385,6 +405,33 @@ def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optim
             f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
         _save_checkpoint(accelerator, state, run_dir, checkpoints_total_limit)
     return state
+
+
+def make_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer,
+                      batches_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of ``--lr-scheduler-type`` and ``--num-warmup-steps`` over ``--epochs``.
+
+    ``batches_per_epoch`` is the length of the training loader *before*
+    ``accelerator.prepare``: the prepared scheduler steps once per process for each optimizer
+    step, as in Accelerate's examples. Pass the scheduler through ``accelerator.prepare`` (so
+    that ``save_state`` checkpoints it) and then to :func:`fit`.
+    """
+    total = math.ceil(batches_per_epoch / args.gradient_accumulation_steps) * args.epochs
+    warmup = args.num_warmup_steps
+    if warmup >= total > 0:  # no steps at all: fit() refuses such a loader with its own message
+        raise ValueError(f"--num-warmup-steps must be less than the run's {total} optimizer steps "
+                         f"({batches_per_epoch} batches per epoch x --epochs {args.epochs} / "
+                         f"--gradient-accumulation-steps {args.gradient_accumulation_steps}), got {warmup}")
+    decay = {"constant": lambda progress: 1.0,
+             "linear": lambda progress: 1.0 - progress,
+             "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress))}[args.lr_scheduler_type]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return max(0.0, decay(min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _check_batches(accelerator: Accelerator, train_loader: Iterable) -> None:

@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 from arma_plugin import ARMAConfig, armafy
 from arma_plugin.metrics import SEGMENTATION_METRICS, confusion_counts, segmentation_scores
 from common import (add_training_args, count_parameters, fit, fit_options, hub_repo_for_seed, load_best_weights,
-                    make_accelerator, prepare_output_dir, publish, seed_everything, seeds_from_args,
+                    make_accelerator, make_lr_scheduler, prepare_output_dir, publish, seed_everything, seeds_from_args,
                     tracker_config, validate_training_args, write_seed_table)
 from isic_data import (IMAGE_DIR, SPLIT_SEED, FolderSource, LesionDataset, find_isic_pairs, load_hf_splits,
                        split_indices, write_synthetic_isic)
@@ -176,8 +176,9 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     loaders = {key: DataLoader(ds, batch_size=config["batch_size"], shuffle=key == "train",
                                num_workers=args.num_workers, drop_last=key == "train")
                for key, ds in datasets.items()}
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, loaders["train"], loaders["val"], loaders["test"])
+    lr_scheduler = make_lr_scheduler(args, optimizer, len(loaders["train"]))
+    model, optimizer, lr_scheduler, train_loader, val_loader, test_loader = accelerator.prepare(
+        model, optimizer, lr_scheduler, loaders["train"], loaders["val"], loaders["test"])
 
     def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
         images, masks = batch
@@ -187,7 +188,7 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     state = fit(accelerator, model, optimizer, train_loader, training_step=training_step,
                 evaluate=lambda m: evaluate_segmentation(accelerator, m, val_loader),
                 epochs=config["epochs"], run_dir=run_dir, monitor="JS", mode="max",
-                log_prefix=f"seed_{seed}/", **fit_options(args, run_dir))
+                log_prefix=f"seed_{seed}/", lr_scheduler=lr_scheduler, **fit_options(args, run_dir))
     load_best_weights(accelerator, model, run_dir)
     scores = evaluate_segmentation(accelerator, model, test_loader)
     agree = ranks_agree(accelerator, scores)

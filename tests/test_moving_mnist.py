@@ -150,6 +150,8 @@ TINY = ["--frame-size", "12", "--digit-size", "5", "--hidden-channels", "4", "--
     (["--digit-size", "12"], ValueError, "--digit-size"),
     (["--num-digits", "0"], ValueError, "--num-digits"),
     (["--throughput-steps", "0"], ValueError, "--throughput-steps"),
+    (["--num-warmup-steps", "-1"], ValueError, "--num-warmup-steps"),
+    (["--lr-scheduler-type", "cosine", "--num-warmup-steps", "2"], ValueError, "--num-warmup-steps must be less"),
     (["--models", "convlstm3", "convlstm3"], ValueError, "--models must be distinct"),
     (["--speeds", "2", "2"], ValueError, "--speeds must be distinct"),
 ])
@@ -160,7 +162,7 @@ def test_bad_command_lines(argv, error, match, tmp_path):
 
 def test_presets_set_the_defaults_and_flags_win():
     quick = moving_mnist.parse_args([])
-    assert quick.seeds == [0, 1, 2] and quick.speeds == [2] and quick.parallel_runs == 2
+    assert quick.seeds == [0, 1, 2] and quick.speeds == [3] and quick.parallel_runs == 2
     assert moving_mnist.parse_args(["--seed", "4"]).seeds is None  # one explicit seed replaces the list
     paper = moving_mnist.parse_args(["--preset", "paper", "--epochs", "3"])
     assert (paper.frame_size, paper.hidden_channels, paper.epochs, paper.parallel_runs) == (64, [32] * 4, 3, 1)

@@ -1,4 +1,4 @@
-"""recipes/common.py: the training loop (fit, rotation, resume, best epoch), one run per output
+"""recipes/common.py: the training loop (fit, rotation, resume, best epoch, lr schedule), one run per output
 folder, the zero-batch refusal, the decode pass over data files, and the seed table."""
 import argparse
 import json
@@ -37,20 +37,24 @@ def training_args(output_dir: Path, **flags) -> argparse.Namespace:
 
 def train(run_dir: Path, epochs: int, *, resume_from: Path | None = None, limit: int = 10,
           samples: int = SAMPLES, scores: list[float] | None = None, mode: str = "max",
-          run_config: dict | None = None) -> tuple[common.TrainerState, nn.Module]:
+          run_config: dict | None = None, schedule: str = "constant",
+          warmup: int = 0) -> tuple[common.TrainerState, nn.Module]:
     """A linear regression trained by ``common.fit`` as a recipe does: seed, model, prepare, fit.
 
     ``scores`` scripts the validation metric per epoch (for best-epoch tracking); without it
-    the metric is the validation loss.
+    the metric is the validation loss. ``schedule`` and ``warmup`` are the lr schedule flags;
+    the schedule spans ``epochs``.
     """
     common.seed_everything(0, deterministic=False)
-    accelerator = common.make_accelerator(training_args(run_dir))
+    args = training_args(run_dir, epochs=epochs, lr_scheduler_type=schedule, num_warmup_steps=warmup)
+    accelerator = common.make_accelerator(args)
     data = torch.Generator().manual_seed(1)
     inputs, targets = torch.randn(samples, 3, generator=data), torch.randn(samples, 1, generator=data)
     model = nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=BATCH, shuffle=True, drop_last=True)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    lr_scheduler = common.make_lr_scheduler(args, optimizer, len(loader))
+    model, optimizer, lr_scheduler, loader = accelerator.prepare(model, optimizer, lr_scheduler, loader)
     scripted = iter(scores or [])
 
     def training_step(model, batch):
@@ -64,7 +68,7 @@ def train(run_dir: Path, epochs: int, *, resume_from: Path | None = None, limit:
 
     state = common.fit(accelerator, model, optimizer, loader, training_step=training_step, evaluate=evaluate,
                        epochs=epochs, run_dir=run_dir, monitor="score", mode=mode, resume_from=resume_from,
-                       checkpoints_total_limit=limit, run_config=run_config)
+                       checkpoints_total_limit=limit, run_config=run_config, lr_scheduler=lr_scheduler)
     return state, accelerator.unwrap_model(model)
 
 
@@ -183,6 +187,61 @@ def test_latest_checkpoint_skips_interrupted_saves(tmp_path):
     assert common.resolve_resume(None, tmp_path) is None
 
 
+# ----------------------------------------------------------------------------- lr schedule
+
+def schedule_factors(schedule: str, warmup: int, epochs: int = 3, batches_per_epoch: int = 3) -> list[float]:
+    """The lr of every optimizer step, as a fraction of the peak."""
+    args = training_args(Path("unused"), epochs=epochs, lr_scheduler_type=schedule, num_warmup_steps=warmup)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = common.make_lr_scheduler(args, optimizer, batches_per_epoch)
+    factors = []
+    for _ in range(epochs * batches_per_epoch):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
+@pytest.mark.parametrize("schedule, middle, last", [("constant", 1.0, 1.0), ("linear", 0.5, 1 / 8),
+                                                    ("cosine", 0.5, 0.5 * (1 + np.cos(7 * np.pi / 8)))])
+def test_lr_schedules_warm_up_then_take_their_shape(schedule, middle, last):
+    # 9 steps, 1 of warm-up: from 0 to the peak, then 8 steps of decay (step 5 is its middle)
+    factors = schedule_factors(schedule, warmup=1)
+    assert factors[0] == 0.0 and factors[1] == 1.0
+    assert factors[5] == pytest.approx(middle) and factors[8] == pytest.approx(last)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))
+
+
+def test_lr_schedule_counts_optimizer_steps_not_batches():
+    args = training_args(Path("unused"), epochs=2, lr_scheduler_type="linear", gradient_accumulation_steps=2)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = common.make_lr_scheduler(args, optimizer, batches_per_epoch=5)  # 3 optimizer steps an epoch
+    for _ in range(3):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)  # half of the 6 steps done
+
+
+def test_warm_up_as_long_as_the_run_is_refused():
+    with pytest.raises(ValueError, match="--num-warmup-steps must be less than the run's 9 optimizer steps"):
+        schedule_factors("cosine", warmup=9)
+
+
+def test_fit_steps_the_schedule_and_logs_each_steps_lr(tmp_path):
+    state, _ = train(tmp_path, 3, schedule="cosine", warmup=1)
+    lrs = [step["lr"] for step in state.steps]
+    assert lrs[:2] == [0.0, 0.1]  # the lr each step used: warm-up from 0, then train()'s peak 0.1
+    assert lrs[-1] == pytest.approx(0.1 * 0.5 * (1 + np.cos(7 * np.pi / 8)))
+
+
+def test_resume_continues_the_schedule_where_it_stopped(tmp_path):
+    uninterrupted, model = train(tmp_path / "a", 3, schedule="cosine", warmup=2)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    named = tmp_path / "a" / "checkpoints" / "epoch_0001"
+    resumed, resumed_model = train(tmp_path / "b", 3, resume_from=named, schedule="cosine", warmup=2)
+    assert [step["lr"] for step in resumed.steps] == [step["lr"] for step in uninterrupted.steps]
+    assert_same_weights(resumed_model.state_dict(), model.state_dict())
+
+
 # ----------------------------------------------------------------------------- one run per output folder
 
 def test_run_config_leaves_out_where_and_how_long_a_run_goes(tmp_path):
@@ -191,6 +250,11 @@ def test_run_config_leaves_out_where_and_how_long_a_run_goes(tmp_path):
     assert not set(common.NOT_RUN_CONFIG) & set(config)
     assert config["lr"] == 0.1 and config["batch_size"] == BATCH and config["seed"] == 0
     assert json.loads(json.dumps(config)) == config  # stored as it is compared
+
+
+def test_run_config_holds_the_epochs_a_decaying_schedule_spans(tmp_path):
+    config = common.run_config(training_args(tmp_path, lr_scheduler_type="cosine", epochs=7))
+    assert config["epochs"] == 7 and config["lr_scheduler_type"] == "cosine"
 
 
 def previous_run(output_dir: Path) -> Path:
