@@ -368,6 +368,7 @@ def write_psnr_curves(path: Path, curves: dict[str, list[list[float]]], title: s
         if len(values) > 1:
             ax.fill_between(frames, values.min(0), values.max(0), alpha=0.2)
     ax.set_xlabel("predicted frame")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("PSNR (dB), mean over test sequences")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
