@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -171,6 +172,55 @@ def test_numba_and_portable_paths_agree(boundary):
         assert _rel_err(ours, theirs) < 1e-12
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [(5, 6), (1, 4), (9, 1)], ids=str)
+@pytest.mark.parametrize("group", [1, 2, 3, 7])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_numba_groups_of_planes(boundary, group, size, threads, monkeypatch):
+    """The numba kernels solve G planes of one channel side by side in one buffer. With B = 7,
+    G = 2 and 3 leave a short last group. Values and gradients match the dense float64
+    reference, and float32 runs equal one plane per task (G = 1) bit for bit: each column's
+    arithmetic does not depend on G; only the tap gradients are summed in another order."""
+    numba_kernels = pytest.importorskip("arma_plugin.layers.ar_solve_numba")
+    h, w = size
+    monkeypatch.setattr(numba_kernels, "TASKS_PER_THREAD", 1)
+    kept_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        monkeypatch.setattr(numba_kernels, "GROUP_ELEMENTS", group * h * w)
+        assert numba_kernels._group_size(7, 3, h, w) == group
+        gen = torch.Generator().manual_seed(group)
+        alpha = torch.randn(3, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(7, 3, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
+        grad_out = torch.randn(7, 3, h, w, generator=gen, dtype=torch.float64)
+        y = autoregressive2d(x, alpha, boundary, dilation=2, backend="numba")
+        gx, ga = torch.autograd.grad(y, (x, alpha), grad_out)
+        y_ref = ar_solve_reference(x, ar_taps(alpha), boundary, 2)
+        gx_ref, ga_ref = torch.autograd.grad(y_ref, (x, alpha), grad_out, allow_unused=True)
+        if ga_ref is None:  # 1×1-like zeros maps where every tap falls outside: A = I
+            ga_ref = torch.zeros_like(alpha)
+        # backward-stable solves, as in test_values_and_grads_match_dense_reference
+        tol = 1e3 * EPS64 * _condition(ar_taps(alpha), h, w, boundary, 2)
+        assert _rel_err(y, y_ref) <= tol
+        assert _rel_err(gx, gx_ref) <= tol
+        assert (ga - ga_ref).abs().max() <= tol * max(ga_ref.abs().max().item(), 1.0)
+
+        runs = []
+        for elements in (group * h * w, 1):  # G = group, then G = 1
+            monkeypatch.setattr(numba_kernels, "GROUP_ELEMENTS", elements)
+            x32 = x.detach().float().requires_grad_()
+            alpha32 = alpha.detach().float().requires_grad_()
+            y32 = autoregressive2d(x32, alpha32, boundary, dilation=2, backend="numba")
+            runs.append((y32, *torch.autograd.grad(y32, (x32, alpha32), grad_out.float())))
+        (y_g, gx_g, ga_g), (y_1, gx_1, ga_1) = runs
+        assert torch.equal(y_g, y_1) and torch.equal(gx_g, gx_1)
+        # The tap sums are float64 in another order (~1e-15 apart), rounded to float32: at
+        # most an ulp (6e-8 relative) apart, carried through the float32 tanh chain rule.
+        assert _rel_err(ga_g, ga_1) <= 1e-6
+    finally:
+        torch.set_num_threads(kept_threads)
+
+
 def test_portable_zeros_path_on_maps_of_160_and_more():
     """The torch zeros path inverts ``[C, n, n]`` factors; torch 2.14's CPU wheels hang in a
     batched LU of two or more n >= 160 matrices with 2 threads. Run in a subprocess with 2
@@ -209,6 +259,29 @@ def test_numba_solve_keeps_torch_thread_count(threads):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == threads
+
+
+def test_numba_one_thread_process_loads_the_serial_kernel(tmp_path):
+    """The threaded and serial kernels come from one loop; numba's on-disk cache keys a
+    function by name and line, not by ``parallel``. A one-thread process that finds the kernels
+    a two-thread process cached must still run the serial one (numba's thread pool never
+    starts there). Fresh processes sharing a fresh cache directory, the two-thread one first."""
+    pytest.importorskip("numba")
+    script = (
+        "import sys, torch\n"
+        "from numba.np.ufunc import parallel\n"
+        "from arma_plugin.layers.autoregressive import autoregressive2d\n"
+        "torch.set_num_threads(int(sys.argv[1]))\n"
+        "x = torch.randn(2, 3, 8, 8, requires_grad=True)\n"
+        "alpha = torch.randn(3, 1, 4, requires_grad=True)\n"
+        "autoregressive2d(x, alpha, 'zeros', backend='numba').sum().backward()\n"
+        "print(parallel._is_initialized)\n")  # numba's flag: its thread pool was launched
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    for threads, pool_started in ((2, "True"), (1, "False")):
+        done = subprocess.run([sys.executable, "-c", script, str(threads)], capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == pool_started
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
