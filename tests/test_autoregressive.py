@@ -172,6 +172,14 @@ def test_numba_and_portable_paths_agree(boundary):
         assert _rel_err(ours, theirs) < 1e-12
 
 
+def run_in_fresh_process(script: str, *argv: str, env: dict | None = None, timeout: float = 300) -> str:
+    """Run ``script`` in a new interpreter; its standard output (it must exit 0 in time)."""
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", [(5, 6), (1, 4), (9, 1)], ids=str)
 @pytest.mark.parametrize("group", [1, 2, 3, 7])
@@ -236,36 +244,17 @@ def test_portable_zeros_path_on_maps_of_160_and_more():
         "grads = [torch.autograd.grad(y.square().sum(), (x, alpha)) for y in ys]\n"
         "errors = [float((a - b).abs().max() / b.abs().max()) for a, b in zip((ys[0], *grads[0]), (ys[1], *grads[1]))]\n"
         "print(max(errors))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
     # float32, two exact solvers of a well-conditioned system: agree to float32 rounding
-    assert float(done.stdout) < 1e-4
+    assert float(run_in_fresh_process(script, timeout=120)) < 1e-4
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_numba_solve_keeps_torch_thread_count(threads):
-    """numba's OpenMP pool, when it starts, resets the process's OpenMP thread count, which is
-    torch's intra-op count: a one-thread training process would then run its convs on two.
-    In a fresh process, so the pool starts inside this test."""
-    pytest.importorskip("numba")
-    script = (
-        "import torch\n"
-        "from arma_plugin.layers.autoregressive import autoregressive2d\n"
-        f"torch.set_num_threads({threads})\n"
-        "x = torch.randn(2, 3, 8, 8, requires_grad=True)\n"
-        "alpha = torch.randn(3, 1, 4, requires_grad=True)\n"
-        "autoregressive2d(x, alpha, 'zeros', backend='numba').sum().backward()\n"
-        "print(torch.get_num_threads())\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) == threads
-
-
-def test_numba_one_thread_process_loads_the_serial_kernel(tmp_path):
+def test_numba_one_thread_process_runs_serially_and_keeps_torch_thread_count(tmp_path):
     """The threaded and serial kernels come from one loop; numba's on-disk cache keys a
     function by name and line, not by ``parallel``. A one-thread process that finds the kernels
-    a two-thread process cached must still run the serial one (numba's thread pool never
-    starts there). Fresh processes sharing a fresh cache directory, the two-thread one first."""
+    a two-thread process cached must still run the serial one: numba's thread pool never
+    starts there, and the pool's OpenMP start-up, which resets the process's OpenMP thread count
+    (torch's intra-op count), cannot turn a one-thread process into a two-thread one.
+    Fresh processes sharing a fresh cache directory, the two-thread one first."""
     pytest.importorskip("numba")
     script = (
         "import sys, torch\n"
@@ -275,13 +264,10 @@ def test_numba_one_thread_process_loads_the_serial_kernel(tmp_path):
         "x = torch.randn(2, 3, 8, 8, requires_grad=True)\n"
         "alpha = torch.randn(3, 1, 4, requires_grad=True)\n"
         "autoregressive2d(x, alpha, 'zeros', backend='numba').sum().backward()\n"
-        "print(parallel._is_initialized)\n")  # numba's flag: its thread pool was launched
+        "print(parallel._is_initialized, torch.get_num_threads())\n")  # numba's flag: its pool was launched
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     for threads, pool_started in ((2, "True"), (1, "False")):
-        done = subprocess.run([sys.executable, "-c", script, str(threads)], capture_output=True, text=True,
-                              timeout=300, env=env)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == pool_started
+        assert run_in_fresh_process(script, str(threads), env=env).split() == [pool_started, str(threads)]
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
