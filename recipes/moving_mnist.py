@@ -26,9 +26,10 @@ This example supports, through Accelerate, with the same script:
   instead of training, e.g. to size ``--preset paper`` on a GPU.
 
 Presets: ``quick`` (the default, the README's main job: 16x16 frames, one 7-pixel digit
-moving at 2x, two 16-channel cells, ``convlstm3`` vs ``armalstm3``, 3 seeds, two runs at a
-time: about 410 CPU-seconds of training, meant to fit 5 minutes on 2 free CPU cores) and ``paper`` (the authors' sizes: 64x64, two MNIST digits, 12 cells of 32
-channels, 10k sequences, 10 -> 10 frames, 500 epochs: for GPUs).
+moving at 3x, three 16-channel cells, 5 -> 3 frames, ``convlstm3`` vs ``armalstm3``, 3 seeds,
+two runs at a time: about 380 CPU-seconds of training, meant to fit 5 minutes on 2 free CPU
+cores) and ``paper`` (the authors' sizes: 64x64, two MNIST digits, 12 cells of 32 channels,
+10k sequences, 10 -> 10 frames, 500 epochs: for GPUs).
 
 Examples::
 
