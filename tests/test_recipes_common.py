@@ -217,6 +217,7 @@ def test_lr_schedule_counts_optimizer_steps_not_batches():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = common.make_lr_scheduler(args, optimizer, batches_per_epoch=5)  # 3 optimizer steps an epoch
     for _ in range(3):
+        optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)  # half of the 6 steps done
 
