@@ -166,11 +166,13 @@ def _free_port() -> int:
 
 
 def test_two_process_launch_counts_every_test_image_once(tmp_path):
+    """Also: a linear lr schedule spans the run's optimizer steps under two processes (Accelerate
+    steps the prepared scheduler once per process per optimizer step)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()),
                str(REPO / "recipes" / "isic.py"), "--smoke", "--smoke-images", str(SMOKE_IMAGES),
-               "--epochs", "1", "--output-dir", str(tmp_path)]
+               "--epochs", "1", "--batch-size", "2", "--lr-scheduler-type", "linear", "--output-dir", str(tmp_path)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -179,6 +181,10 @@ def test_two_process_launch_counts_every_test_image_once(tmp_path):
     # 3 test images over 2 ranks: padded to 4 by the sampler, de-duplicated by gather_for_metrics
     assert record["n_images"] == record["test_size"] == SMOKE_TEST_SIZE
     assert record["ranks_agree"] is True
+    peak = json.loads((tmp_path / "run_config.json").read_text())["lr"]
+    checkpoint = next((tmp_path / "seed_0" / "checkpoints").glob("epoch_*"))
+    lrs = [step["lr"] for step in json.loads((checkpoint / "trainer_state.json").read_text())["steps"]]
+    assert len(lrs) >= 2 and lrs == pytest.approx([peak * (1 - k / len(lrs)) for k in range(len(lrs))])
 
 
 def test_smoke_split_sizes():
