@@ -184,7 +184,8 @@ def test_two_process_launch_counts_every_test_image_once(tmp_path):
     peak = json.loads((tmp_path / "run_config.json").read_text())["lr"]
     checkpoint = next((tmp_path / "seed_0" / "checkpoints").glob("epoch_*"))
     lrs = [step["lr"] for step in json.loads((checkpoint / "trainer_state.json").read_text())["steps"]]
-    assert len(lrs) >= 2 and lrs == pytest.approx([peak * (1 - k / len(lrs)) for k in range(len(lrs))])
+    steps = len(lrs)
+    assert steps >= 2 and lrs == pytest.approx([peak * (1 - k / steps) for k in range(steps)])
 
 
 def test_smoke_split_sizes():
