@@ -53,8 +53,8 @@ from arma_plugin import ARMAConfig, armafy
 from arma_plugin.validation import check_positive_int
 from common import (TrainerState, add_training_args, check_decodable, fit, fit_options, hub_repo_for_seed,
                     load_best_weights, load_hf_dataset, make_accelerator, make_lr_scheduler, open_image,
-                    prepare_output_dir, publish, seed_everything, seeded_split, seeds_from_args, tracker_config, validate_training_args,
-                    write_seed_table)
+                    prepare_output_dir, publish, seed_everything, seeded_split, seeds_from_args, tracker_config,
+                    validate_training_args, write_seed_table)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 HOLDOUT = {"train": 7, "val": 1, "test": 2}  # for data without its own splits

@@ -51,7 +51,12 @@ from arma_plugin.validation import check_choice, check_positive_int
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "none")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
-LR_SCHEDULER_CHOICES = ("constant", "linear", "cosine")
+LR_DECAYS: dict[str, Callable[[float], float]] = {
+    "constant": lambda progress: 1.0,
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+}
+"""``--lr-scheduler-type``: the lr factor after the warm-up, as a function of the progress 0 → 1."""
 CHECKPOINTS_DIRNAME = "checkpoints"
 BEST_DIRNAME = "best"
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -82,7 +87,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, output_dir: str, epoch
     group.add_argument("--epochs", type=int, default=epochs)
     group.add_argument("--batch-size", type=int, default=batch_size, help="per process")
     group.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    group.add_argument("--lr-scheduler-type", choices=LR_SCHEDULER_CHOICES, default=lr_scheduler_type,
+    group.add_argument("--lr-scheduler-type", choices=tuple(LR_DECAYS), default=lr_scheduler_type,
                        help="learning rate after the warm-up, over all optimizer steps of --epochs: "
                             "constant, linear decay to 0, or cosine decay to 0")
     group.add_argument("--num-warmup-steps", type=int, default=num_warmup_steps,
@@ -187,7 +192,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     resumed run must have the same (:func:`prepare_output_dir`).
     """
     config = {key: value for key, value in vars(args).items() if key not in NOT_RUN_CONFIG}
-    if getattr(args, "lr_scheduler_type", "constant") != "constant":
+    if args.lr_scheduler_type != "constant":
         config["epochs"] = args.epochs
     return json.loads(json.dumps(config, default=str))  # paths -> str, tuples -> lists
 
@@ -422,9 +427,7 @@ def make_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer
         raise ValueError(f"--num-warmup-steps must be less than the run's {total} optimizer steps "
                          f"({batches_per_epoch} batches per epoch x --epochs {args.epochs} / "
                          f"--gradient-accumulation-steps {args.gradient_accumulation_steps}), got {warmup}")
-    decay = {"constant": lambda progress: 1.0,
-             "linear": lambda progress: 1.0 - progress,
-             "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress))}[args.lr_scheduler_type]
+    decay = LR_DECAYS[args.lr_scheduler_type]
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -57,8 +57,8 @@ from torch.utils.data import DataLoader
 from arma_plugin import ARMAConfig, armafy
 from arma_plugin.metrics import SEGMENTATION_METRICS, confusion_counts, segmentation_scores
 from common import (add_training_args, count_parameters, fit, fit_options, hub_repo_for_seed, load_best_weights,
-                    make_accelerator, make_lr_scheduler, prepare_output_dir, publish, seed_everything, seeds_from_args,
-                    tracker_config, validate_training_args, write_seed_table)
+                    make_accelerator, make_lr_scheduler, prepare_output_dir, publish, seed_everything,
+                    seeds_from_args, tracker_config, validate_training_args, write_seed_table)
 from isic_data import (IMAGE_DIR, SPLIT_SEED, FolderSource, LesionDataset, find_isic_pairs, load_hf_splits,
                        split_indices, write_synthetic_isic)
 

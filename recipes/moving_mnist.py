@@ -66,8 +66,8 @@ from arma_plugin.models import ConvLSTMNet
 from arma_plugin.table import format_table
 from arma_plugin.validation import check_choice, check_positive_int
 from common import (add_training_args, count_parameters, fit, fit_options, load_best_weights, make_accelerator,
-                    make_lr_scheduler, prepare_output_dir, publish, seed_everything, seeds_from_args, summarize, tracker_config,
-                    validate_training_args, write_seed_table)
+                    make_lr_scheduler, prepare_output_dir, publish, seed_everything, seeds_from_args, summarize,
+                    tracker_config, validate_training_args, write_seed_table)
 from moving_mnist_data import DIGIT_SOURCES, FixedSequences, MovingMNIST, digit_size_for, load_digits
 
 MODEL_FACTORY = "arma_plugin.models.convlstm:ConvLSTMNet"
