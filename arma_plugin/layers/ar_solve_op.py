@@ -43,6 +43,13 @@ def triton_runs_on(device: torch.device) -> bool:
     return INTERPRETED == (device.type == "cpu")
 
 
+def _require_stable(backend: str, taps: torch.Tensor, known_stable: bool) -> None:
+    """A forced fast backend solves only inside the stable region; say so instead of diverging."""
+    if not known_stable and not taps_are_stable(taps):
+        raise ValueError(f"backend={backend!r} needs taps with |left|+|right| < 1 (Thm 6); "
+                         "use backend='torch' for raw taps outside the stable region")
+
+
 def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = None,
                     known_stable: bool = False) -> str:
     """Pick the solver for ``x`` as the caller has it (before any float32 cast):
@@ -65,17 +72,13 @@ def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = N
             raise ValueError(f"backend='triton' cannot run on device={x.device.type}: it needs Triton installed "
                              "and a CUDA tensor, or a CPU tensor with TRITON_INTERPRET=1 set before "
                              f"arma_plugin's Triton kernels are imported; choose one of {BACKENDS}")
-        if not known_stable and not taps_are_stable(taps):
-            raise ValueError("backend='triton' needs taps with |left|+|right| < 1 (Thm 6); "
-                             "use backend='torch' for raw taps outside the stable region")
+        _require_stable("triton", taps, known_stable)
         return "triton"
     if requested == "numba":
         if not numba_ok or not numba_available():
             raise ValueError("backend='numba' needs numba installed and a CPU input, "
                              f"got device={x.device.type}, dtype={x.dtype}")
-        if not known_stable and not taps_are_stable(taps):
-            raise ValueError("backend='numba' needs taps with |left|+|right| < 1 (Thm 6); "
-                             "use backend='torch' for raw taps outside the stable region")
+        _require_stable("numba", taps, known_stable)
         return "numba"
     if numba_ok and numba_available() and (known_stable or taps_are_stable(taps)):
         return "numba"
