@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..layers.autoregressive import AutoRegressive2d
 from .classify import conv_modules, functional_entry, module_entry, opaque_leaves
-from .config import ARMAConfig, matches
+from .config import ARMAConfig, ConfigMismatchError, matches
 from .dispatch import convert_conv
 from .graph import graph_convert
 from .nonlocal_insertion import insert_nonlocal_modules, insert_nonlocal_nodes, nonlocal_channels
@@ -149,17 +149,17 @@ def _check_names(model: nn.Module, config: ARMAConfig) -> None:
                      if not any(matches(n, p) for n in conv_names)]
         if unmatched:
             hints = {t: _close_names(t, conv_names) for t in unmatched}
-            raise ValueError(f"target_modules entries {unmatched} match no 2-D conv of the model; "
+            raise ConfigMismatchError(f"target_modules entries {unmatched} match no 2-D conv of the model; "
                              f"close conv names: {hints}")
     all_names = [n for n, _ in model.named_modules() if n]
     for name in config.nonlocal_after:
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"nonlocal_after names {name!r}, which is not a module of the model; "
+            raise ConfigMismatchError(f"nonlocal_after names {name!r}, which is not a module of the model; "
                              f"close names: {_close_names(name, all_names)}") from None
         if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-            raise ValueError(f"nonlocal_after names {name!r}, a {type(module).__name__}, which is never "
+            raise ConfigMismatchError(f"nonlocal_after names {name!r}, a {type(module).__name__}, which is never "
                              "called itself; name one of its elements or the module that runs them")
 
 

@@ -18,6 +18,12 @@ MODES = ("module", "graph")
 ModulePattern = str | Sequence[str] | None
 
 
+class ConfigMismatchError(ValueError):
+    """An :class:`ARMAConfig` that does not fit the model it is applied to: a ``target_modules``
+    entry that matches no conv, or a ``nonlocal_after`` name that is no module of the model or
+    names one that does not output a ``[B, C, H, W]`` feature map."""
+
+
 def _normalise_patterns(name: str, value: Any) -> str | tuple[str, ...] | None:
     """``None``, a regex string, or a list of exact names / name suffixes (as PEFT's ``target_modules``)."""
     if value is None:

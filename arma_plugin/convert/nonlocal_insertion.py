@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..layers.autoregressive import AutoRegressive2d
 from ..layers.nonlocal_block import NonLocal2d
+from .config import ConfigMismatchError
 from .fx_helpers import insert_module_after, sole_module_user
 from .output_subclass import NonLocalOutputMixin, attach_output_child
 
@@ -61,7 +62,7 @@ def nonlocal_channels(model: nn.Module, names: Sequence[str], example_inputs: An
     for n in names:
         shape = shapes.get(n)
         if shape is None or len(shape) != 4:
-            raise ValueError(f"nonlocal_after module {n!r} must output one [B, C, H, W] tensor "
+            raise ConfigMismatchError(f"nonlocal_after module {n!r} must output one [B, C, H, W] tensor "
                              f"during the forward; got {'nothing' if n not in shapes else shape}")
         channels[n] = shape[1]
     return channels
