@@ -5,6 +5,8 @@ from .convert import ARMAConfig, ConversionReport, ar_parameters, armafy, non_ar
 from .hub import (CheckpointError, CheckpointMismatchError, CheckpointNotFoundError,
                   CorruptCheckpointError, IncompatibleCheckpointError, UnknownArchitectureError,
                   UnsafeCheckpointError, from_pretrained, push_to_hub, save_pretrained)
+from .table import format_table
+from .validation import check_choice, check_positive_int
 
 __version__ = "0.1.0"
 
@@ -13,4 +15,4 @@ __all__ = ["ARMAConv2d", "AutoRegressive2d", "__version__",
            "save_pretrained", "from_pretrained", "push_to_hub",
            "CheckpointError", "CheckpointNotFoundError", "IncompatibleCheckpointError",
            "CorruptCheckpointError", "CheckpointMismatchError", "UnknownArchitectureError",
-           "UnsafeCheckpointError"]
+           "UnsafeCheckpointError", "format_table", "check_choice", "check_positive_int"]
