@@ -6,6 +6,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+import safetensors.torch
 import segmentation_models_pytorch as smp
 import timm
 import torch
@@ -207,14 +208,26 @@ BAD_INPUTS = {
         checkpoint_path="/tmp/x.pth")), CorruptCheckpointError, r"config.json: model_args \['checkpoint_path'\] would load"),
     "extra weight": (lambda d: _add_tensor(d, "stray.weight"), CheckpointMismatchError,
                      r"unexpected \['stray.weight'\]"),
+    "config without save id": (lambda d: edit_config(d, lambda c: c.pop("save_id")), CorruptCheckpointError,
+                               "config.json: missing the 'save_id' field"),
+    "weights without save id": (lambda d: _rewrite_weights(d, lambda t: None, keep_metadata=False),
+                                CorruptCheckpointError, "model.safetensors: has no save id"),
 }
 
 
+def _rewrite_weights(d: Path, edit, keep_metadata: bool = True) -> None:
+    """Apply ``edit`` to the tensors of ``d/model.safetensors`` and write them back."""
+    from safetensors import safe_open
+    path = str(d / "model.safetensors")
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata() if keep_metadata else None
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(tensors)
+    safetensors.torch.save_file(tensors, path, metadata=metadata)
+
+
 def _add_tensor(d: Path, name: str) -> None:
-    import safetensors.torch
-    tensors = safetensors.torch.load_file(d / "model.safetensors")
-    tensors[name] = torch.zeros(1)
-    safetensors.torch.save_file(tensors, d / "model.safetensors")
+    _rewrite_weights(d, lambda tensors: tensors.update({name: torch.zeros(1)}))
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -247,8 +260,10 @@ def test_bad_overrides_are_refused(overrides, message, tiny_checkpoint):
 def test_save_refuses_what_it_cannot_rebuild(tmp_path):
     with pytest.raises(ValueError, match="pass model_factory='package.module:Class'"):
         save_pretrained(armafy(TinyNet()), tmp_path)
-    with pytest.raises(ValueError, match="armafy"):
-        save_pretrained(TinyNet(), tmp_path, model_factory=TINY)
+    with pytest.raises(ValueError, match="holds ARMA layers but no 'arma_config'"):
+        stripped = armafy(timm.create_model("test_resnet", pretrained=False))
+        del stripped.arma_config, stripped.arma_report
+        save_pretrained(stripped, tmp_path)
     with pytest.raises(ValueError, match="does not build this model"):
         save_pretrained(armafy(TinyNet()), tmp_path, model_factory="torch.nn:Conv2d")
     with pytest.raises(ValueError, match=r"unknown card fields \['metric'\]"):
@@ -260,3 +275,22 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
         save_pretrained(armafy(TinyNet(), mode="graph"), tmp_path, model_factory=TINY)
     with pytest.raises(ValueError, match="not JSON-serialisable"):
         save_pretrained(armafy(TinyNet()), tmp_path, model_factory=TINY, model_kwargs={"act": nn.ReLU})
+
+
+@pytest.mark.parametrize("name", ["timm-test_resnet", "smp-unet", "factory-tinynet"])
+def test_unconverted_model_round_trips_as_the_plain_base(name, tmp_path):
+    from hub_models import MODELS
+    build, save_kwargs, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    directory = save_pretrained(model, tmp_path / name, **save_kwargs)
+
+    loaded = from_pretrained(directory)
+
+    assert type(loaded) is type(model) and not hasattr(loaded, "arma_config")
+    assert states_equal(loaded, model)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    card = (directory / "README.md").read_text()
+    assert "without ARMA layers" in card and "## Conversion" not in card

@@ -51,19 +51,23 @@ def build_model_card(config: Mapping[str, Any], **card_fields: Any) -> ModelCard
         datasets=_string_list(card_fields, "datasets") or None,
         pipeline_tag=pipeline_tag,
     )
-    conversion = config["conversion"]
+    conversion = config["conversion"] or {}
+    arma_config = config["arma_config"] or {}
     repo_id = card_fields["repo_id"]
     template = resources.files("arma_plugin").joinpath("model_cards", CARD_TEMPLATE).read_text("utf-8")
     return ModelCard.from_template(
         card_data, template_str=template,
-        title=f"ARMA {base['architecture'].rpartition(':')[2]}: {Path(str(repo_id)).name}",
+        title=f"{'ARMA ' if conversion else ''}{base['architecture'].rpartition(':')[2]}: "
+              f"{Path(str(repo_id)).name}",
         repo_id=repo_id,
         base_description=_describe_base(base),
-        arma_config_rows=[(k, repr(v).replace("|", "\\|")) for k, v in config["arma_config"].items()],
-        converted=conversion["converted"],
-        skipped={SkipReason.parse(reason).explanation: n for reason, n in conversion["skipped"].items()},
-        ar_params_added=conversion["ar_params_added"],
-        nonlocal_inserted=conversion["nonlocal_inserted"],
+        armafied=bool(conversion),
+        arma_config_rows=[(k, repr(v).replace("|", "\\|")) for k, v in arma_config.items()],
+        converted=conversion.get("converted"),
+        skipped={SkipReason.parse(reason).explanation: n
+                 for reason, n in conversion.get("skipped", {}).items()},
+        ar_params_added=conversion.get("ar_params_added"),
+        nonlocal_inserted=conversion.get("nonlocal_inserted"),
         metrics=card_fields.get("metrics"),
         description=card_fields.get("description"),
         license_given=bool(card_fields.get("license")),

@@ -6,11 +6,16 @@
      "save_id": "<32 hex digits, also in model.safetensors' metadata>",
      "base": {"library": ..., "architecture": ..., "model_args": {...}, "pretrained_cfg": {...}},
      "arma_config": {...ARMAConfig...}, "conversion": {...ConversionReport...}}
+
+A model saved without ARMA layers (not armafied) has ``"arma_config": null`` and
+``"conversion": null``: loading rebuilds the base and loads its weights.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,8 @@ from .base_spec import BaseSpec
 from .errors import CorruptCheckpointError, IncompatibleCheckpointError
 
 __all__ = ["FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "PICKLE_SUFFIXES",
-           "SAVE_ID_KEY", "MAX_CONFIG_DEPTH", "package_version", "read_config", "parse_arma_config"]
+           "SAVE_ID_KEY", "MAX_CONFIG_DEPTH", "package_version", "new_save_id", "read_config",
+           "parse_arma_config"]
 
 FORMAT_VERSION = 1
 """Version of the ``config.json`` layout; a file with a larger number is refused."""
@@ -30,6 +36,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # A fresh random id per save, written to config.json and to model.safetensors' metadata: weights
 # whose id differs from the config's (an interrupted save) are refused (weights.read_weights).
 SAVE_ID_KEY = "save_id"
+_SAVE_ID = re.compile(r"[0-9a-f]{32}")
 # Real configs nest a few levels (timm block args); a deeper one is refused before any recursion.
 MAX_CONFIG_DEPTH = 32
 
@@ -61,8 +68,13 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def parse_arma_config(config: dict[str, Any], path: str) -> tuple[BaseSpec, ARMAConfig]:
-    """The base spec and the ARMA config of an arma-plugin ``config.json``."""
+def new_save_id() -> str:
+    return uuid.uuid4().hex
+
+
+def parse_arma_config(config: dict[str, Any], path: str) -> tuple[BaseSpec, ARMAConfig | None]:
+    """The base spec and the ARMA config of an arma-plugin ``config.json``; the config is
+    ``None`` for a model saved without ARMA layers (``"arma_config": null``)."""
     version = config.get("arma_plugin_format")
     if version is None:
         if "architecture" in config or "_model_class" in config:
@@ -76,9 +88,14 @@ def parse_arma_config(config: dict[str, Any], path: str) -> tuple[BaseSpec, ARMA
             path, f"format version {version} was written by arma-plugin "
                   f"{config.get('arma_plugin_version', '?')}; this arma-plugin {package_version()} "
                   f"reads versions <= {FORMAT_VERSION}: upgrade arma-plugin")
-    for key in ("base", "arma_config"):
+    for key in (SAVE_ID_KEY, "base", "arma_config"):
         if key not in config:
             raise CorruptCheckpointError(path, f"missing the '{key}' field")
+    if not (isinstance(config[SAVE_ID_KEY], str) and _SAVE_ID.fullmatch(config[SAVE_ID_KEY])):
+        raise CorruptCheckpointError(path, f"'{SAVE_ID_KEY}' must be 32 hexadecimal digits, got "
+                                           f"{config[SAVE_ID_KEY]!r}")
+    if config["arma_config"] is None:  # a model saved without ARMA layers: the base itself
+        return BaseSpec.from_dict(config["base"], path), None
     try:
         arma_config = ARMAConfig.from_dict(config["arma_config"])
     except (TypeError, ValueError) as err:

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import tempfile
-import uuid
 from collections import abc
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,11 +15,13 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError
 
-from ..convert import ARMAConfig, armafy
-from .base_spec import base_spec_from_library_config, base_spec_of, build_base
+from ..convert import ARMAConfig, ConversionReport, armafy
+from ..layers.autoregressive import AutoRegressive2d
+from ..layers.nonlocal_block import NonLocal2d
+from .base_spec import FACTORY, base_spec_from_library_config, base_spec_of, build_base
 from .card import build_model_card, check_card_fields
 from .checkpoint_format import (CARD_NAME, CONFIG_NAME, FORMAT_VERSION, PICKLE_SUFFIXES, SAVE_ID_KEY,
-                                WEIGHTS_NAME, package_version, parse_arma_config, read_config)
+                                WEIGHTS_NAME, new_save_id, package_version, parse_arma_config, read_config)
 from .errors import CheckpointMismatchError, CheckpointNotFoundError, UnsafeCheckpointError
 from .factory import ImportPolicy
 from .weights import load_weights, read_weights, save_weights
@@ -39,7 +40,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
 
     Args:
         model: a model returned by :func:`~arma_plugin.armafy` (it carries ``arma_config`` and
-            ``arma_report``), possibly fine-tuned since.
+            ``arma_report``), possibly fine-tuned since, or a model that was never armafied
+            (saved as the plain base; it loads back without ARMA layers).
         save_directory: created if missing; existing files of the same names are replaced,
             other files are left alone.
         model_factory: for a model that is neither timm nor SMP: the ``nn.Module`` subclass to
@@ -65,13 +67,16 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
     check_card_fields(card_fields)
     arma_config, report = _arma_attributes(model)
     spec = base_spec_of(model, model_factory, model_kwargs)
+    if arma_config is None and spec.library != FACTORY and _has_ar_layers(model):
+        raise ValueError("save_pretrained: the model holds ARMA layers but no 'arma_config'/'arma_report' "
+                         "attributes, so it cannot be rebuilt; save the model armafy returned")
     config = {
         "arma_plugin_format": FORMAT_VERSION,
         "arma_plugin_version": package_version(),
-        SAVE_ID_KEY: uuid.uuid4().hex,
+        SAVE_ID_KEY: new_save_id(),
         "base": spec.to_dict(),
-        "arma_config": arma_config.to_dict(),
-        "conversion": report.to_dict(),
+        "arma_config": None if arma_config is None else arma_config.to_dict(),
+        "conversion": None if report is None else report.to_dict(),
     }
     writers = {WEIGHTS_NAME: lambda path: save_weights(model, path, config[SAVE_ID_KEY]),
                CONFIG_NAME: lambda path: path.write_text(json.dumps(config, indent=2) + "\n",
@@ -113,13 +118,21 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None,
                                  commit_message=commit_message)
 
 
-def _arma_attributes(model: nn.Module):
+def _arma_attributes(model: nn.Module) -> tuple[ARMAConfig | None, ConversionReport | None]:
+    """The model's ARMA config and report; both ``None`` for a model that was never armafied."""
     arma_config = getattr(model, "arma_config", None)
     report = getattr(model, "arma_report", None)
-    if not isinstance(arma_config, ARMAConfig) or report is None:
-        raise ValueError("save_pretrained: the model has no 'arma_config'/'arma_report' attributes; "
-                         "save a model returned by arma_plugin.armafy(model)")
+    if arma_config is None and report is None:
+        return None, None
+    if not isinstance(arma_config, ARMAConfig) or not isinstance(report, ConversionReport):
+        raise ValueError(f"save_pretrained: the model's 'arma_config' ({type(arma_config).__name__}) "
+                         f"and 'arma_report' ({type(report).__name__}) must be the ARMAConfig and "
+                         "ConversionReport that arma_plugin.armafy sets")
     return arma_config, report
+
+
+def _has_ar_layers(model: nn.Module) -> bool:
+    return any(isinstance(m, (AutoRegressive2d, NonLocal2d)) for m in model.modules())
 
 
 # --------------------------------------------------------------------------- loading
@@ -178,14 +191,16 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
         model = build_base(spec, overrides, config_path, policy)
     else:  # armafy with the saved config, then load the ARMA weights
         spec, saved_config = parse_arma_config(config, config_path)
-        base = build_base(spec, overrides, config_path, policy)
-        try:
-            model = armafy(base, saved_config, inplace=True)
-        except (TypeError, ValueError) as err:
-            raise CheckpointMismatchError(config_path, f"its 'arma_config' does not fit the "
-                                                       f"rebuilt base model: {err}") from err
+        model = build_base(spec, overrides, config_path, policy)
+        if saved_config is not None:
+            try:
+                model = armafy(model, saved_config, inplace=True)
+            except (TypeError, ValueError) as err:
+                raise CheckpointMismatchError(config_path, f"its 'arma_config' does not fit the "
+                                                           f"rebuilt base model: {err}") from err
     weights_path = fetch(WEIGHTS_NAME)
-    load_weights(model, read_weights(weights_path, config.get(SAVE_ID_KEY)), weights_path,
+    load_weights(model, read_weights(weights_path, None if armafy_base else config[SAVE_ID_KEY]),
+                 weights_path,
                  spec, overrides, strict=strict)
     if armafy_base:
         model = armafy(model, arma_config or ARMAConfig(), inplace=True)

@@ -28,11 +28,11 @@ def save_weights(model: nn.Module, path: str | os.PathLike, save_id: str) -> Non
     safetensors.torch.save_model(model, str(path), metadata={"format": "pt", SAVE_ID_KEY: save_id})
 
 
-def read_weights(path: str | os.PathLike, save_id: Any) -> dict[str, torch.Tensor]:
-    """The tensors of ``path``; refused if they carry a save id other than ``config.json``'s
-    (``save_id``, ``None`` if it has none). Weights without one (written before save ids, or
-    rewritten by another tool) are read: ``save_pretrained`` publishes the weights first, so an
-    interrupted save always leaves weights *with* an id beside the previous config."""
+def read_weights(path: str | os.PathLike, save_id: str | None) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``. For an arma-plugin checkpoint (``save_id``: the id in
+    ``config.json``) the file must carry the same save id in its metadata: weights from another
+    save (an interrupted ``save_pretrained``) or without an id are refused. ``save_id=None``
+    reads a timm/SMP checkpoint, which has no save id."""
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
@@ -40,7 +40,10 @@ def read_weights(path: str | os.PathLike, save_id: Any) -> dict[str, torch.Tenso
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise CorruptCheckpointError(path, f"is not a readable safetensors file "
                                            f"(truncated or corrupt?): {err}") from err
-    if SAVE_ID_KEY in metadata and metadata[SAVE_ID_KEY] != save_id:
+    if save_id is not None and SAVE_ID_KEY not in metadata:
+        raise CorruptCheckpointError(path, f"has no save id in its metadata, so it cannot be matched "
+                                           f"to {CONFIG_NAME}: save the model with save_pretrained")
+    if save_id is not None and metadata[SAVE_ID_KEY] != save_id:
         raise CorruptCheckpointError(path, f"comes from another save than {CONFIG_NAME} (save id "
                                            f"{metadata.get(SAVE_ID_KEY)!r} vs {save_id!r}): an "
                                            "interrupted save_pretrained? Save the model again")
