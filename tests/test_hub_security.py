@@ -17,6 +17,7 @@ import timm
 import torch
 
 import arma_plugin.hub.pretrained
+from arma_plugin.hub import factory
 from arma_plugin import (CheckpointError, CheckpointMismatchError, CorruptCheckpointError,
                          UnknownArchitectureError, UnsafeCheckpointError, armafy, from_pretrained,
                          save_pretrained)
@@ -35,13 +36,13 @@ def payload_checkpoint(tmp_path, monkeypatch):
     marker = tmp_path / "marker"
     names = []
 
-    def make(folder: Path, module: str = "payload") -> Path:
+    def make(folder: Path, module: str = "payload", last_line: str = "") -> Path:
         edit_config(checkpoint, lambda c: c["base"].update(architecture=f"{module}:Model"))
         source = folder.joinpath(*module.split(".")).with_suffix(".py")
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(
             f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-            f"from {TINY.partition(':')[0]} import TinyNet as Model\n")
+            f"from {TINY.partition(':')[0]} import TinyNet as Model\n{last_line}\n")
         importlib.invalidate_caches()
         names.extend(module.split(".")[:i + 1] for i in range(module.count(".") + 1))
         return checkpoint
@@ -96,17 +97,28 @@ def _setup_cwd_not_installed(make, checkpoint, tmp_path, monkeypatch):
     return checkpoint
 
 
-def _setup_cwd_shadows_installed(make, checkpoint, tmp_path, monkeypatch):
-    make(tmp_path / "work", _not_imported_installed_package())
+def _trust_as_the_project_does(monkeypatch, package: str) -> None:
+    monkeypatch.setattr(factory, "TRUSTED_PACKAGES", factory.TRUSTED_PACKAGES | {package})
+
+
+def _setup_installed_not_trusted(make, checkpoint, tmp_path, monkeypatch):
+    make(tmp_path / "lib", _not_imported_installed_package())
+    return checkpoint
+
+
+def _setup_cwd_shadows_trusted(make, checkpoint, tmp_path, monkeypatch):
+    package = _not_imported_installed_package()
+    _trust_as_the_project_does(monkeypatch, package)
+    make(tmp_path / "work", package)
     _cwd_on_path(monkeypatch, tmp_path / "work")
     return checkpoint
 
 
 def _setup_cwd_portion_of_a_namespace_package(make, checkpoint, tmp_path, monkeypatch):
-    """An installed namespace package ``nspkg``, already imported; the cwd holds ``nspkg/payload.py``."""
+    """A trusted namespace package ``nspkg``, already imported; the cwd holds ``nspkg/payload.py``."""
     (tmp_path / "site" / "nspkg").mkdir(parents=True)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"nspkg": ["nspkg"]})
+    _trust_as_the_project_does(monkeypatch, "nspkg")
     make(tmp_path / "work", "nspkg.payload")
     _cwd_on_path(monkeypatch, tmp_path / "work")
     importlib.import_module("nspkg")
@@ -123,11 +135,12 @@ REFUSED_FACTORY_MODULES = {
     "checkpoint folder is the cwd": (_setup_checkpoint_is_cwd, "inside the checkpoint or the Hub cache"),
     "checkpoint folder on sys.path": (_setup_checkpoint_on_sys_path, "inside the checkpoint or the Hub cache"),
     "Hub cache snapshot on sys.path": (_setup_hub_cache_on_sys_path, "inside the checkpoint or the Hub cache"),
-    "cwd, not installed": (_setup_cwd_not_installed, "is not an installed package"),
-    "cwd shadows an installed package": (_setup_cwd_shadows_installed, "from the current directory"),
+    "cwd, not installed": (_setup_cwd_not_installed, "is not a package arma-plugin trusts"),
+    "installed, not trusted": (_setup_installed_not_trusted, "is not a package arma-plugin trusts"),
+    "cwd shadows a trusted package": (_setup_cwd_shadows_trusted, "from the current directory"),
     "cwd portion of a namespace package": (_setup_cwd_portion_of_a_namespace_package,
                                            "'nspkg.payload' would be imported from the current directory"),
-    "other folder, not installed": (_setup_other_folder_not_installed, "is not an installed package"),
+    "other folder, not installed": (_setup_other_folder_not_installed, "is not a package arma-plugin trusts"),
 }
 
 
@@ -146,7 +159,8 @@ def test_factory_module_outside_installed_packages_is_not_imported(case, payload
     assert info.value.path.endswith("config.json")
 
 
-def test_trusted_or_installed_factory_module_is_imported(payload_checkpoint, tmp_path, monkeypatch):
+def test_factory_module_trusted_by_the_caller_or_the_project_is_imported(payload_checkpoint, tmp_path,
+                                                                         monkeypatch):
     make, checkpoint, marker = payload_checkpoint
     make(tmp_path / "work")
     _cwd_on_path(monkeypatch, tmp_path / "work")
@@ -155,13 +169,53 @@ def test_trusted_or_installed_factory_module_is_imported(payload_checkpoint, tmp
     loaded = from_pretrained(checkpoint, trust_factories=["payload"])
 
     assert marker.exists() and states_equal(loaded, expected)
-    # installed (as the metadata says) and not found in the cwd: imported without trust
+    # trusted by the project and not found in the cwd: imported without trust_factories
     sys.modules.pop("payload")
     marker.unlink()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(tmp_path / "work"), *sys.path[1:]])
-    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"payload": ["payload"]})
+    _trust_as_the_project_does(monkeypatch, "payload")
     assert states_equal(from_pretrained(checkpoint), expected) and marker.exists()
+
+
+# modules whose import runs a command line, prints, or belongs to a package nobody trusted
+UNTRUSTED_MODULES = ["pygments.__main__", "PIL.__main__", "this", "json.tool", "unittest.__main__",
+                     "timm.__main__"]
+
+
+@pytest.mark.parametrize("module", UNTRUSTED_MODULES)
+def test_a_checkpoint_never_imports_an_untrusted_module(module, tmp_path, capsys):
+    from arma_plugin.cli import main
+
+    model, save_kwargs, _ = trained_arma("factory-tinynet")
+    directory = save_pretrained(model, tmp_path / "m", **save_kwargs)
+    edit_config(directory, lambda c: c["base"].update(architecture=f"{module}:Model"))
+    capsys.readouterr()
+
+    with pytest.raises(UnsafeCheckpointError, match="never imported|not a package arma-plugin trusts"):
+        from_pretrained(directory)
+    assert main(["inspect", str(directory)]) == 2
+
+    assert module not in sys.modules
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and module in err
+    if module.endswith("__main__"):  # trusting a package does not extend to its command line
+        with pytest.raises(UnsafeCheckpointError, match="command-line entry point"):
+            from_pretrained(directory, trust_factories=[module.partition(".")[0]])
+
+
+@pytest.mark.parametrize("last_line, error", [("raise SystemExit(3)", "SystemExit: 3"),
+                                              ("import sys; sys.exit('bye')", "SystemExit: bye"),
+                                              ("raise RuntimeError('boom')", "RuntimeError: boom"),
+                                              ("Model = len", "not an nn.Module subclass")])
+def test_whatever_a_trusted_factory_raises_is_a_checkpoint_error(last_line, error, payload_checkpoint,
+                                                                 tmp_path, monkeypatch):
+    make, checkpoint, marker = payload_checkpoint
+    make(tmp_path / "lib", last_line=last_line)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    with pytest.raises(UnknownArchitectureError, match=error):
+        from_pretrained(checkpoint, trust_factories=["payload"])
+    assert marker.exists(), "trusted: the module was imported"
 
 
 def test_trust_never_extends_to_the_checkpoint_folder(payload_checkpoint, tmp_path, monkeypatch):

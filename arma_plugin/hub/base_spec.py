@@ -252,7 +252,7 @@ def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str,
         build = lambda: cls(**args)  # noqa: E731
     try:
         return build()
-    except Exception as err:  # the arguments come from the file: whatever they break is its fault
+    except (Exception, SystemExit) as err:  # the arguments come from the file: what they break is its fault
         problem = (f"cannot build {spec.library} {spec.architecture!r} with {args}: "
                    f"{type(err).__name__}: {err}")
         if overrides:

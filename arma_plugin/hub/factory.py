@@ -1,23 +1,26 @@
 """The model class named by a ``factory`` checkpoint, found without running the checkpoint's code.
 
 A ``config.json`` names the class to rebuild as ``"package.module:Class"``. Importing a module
-runs it, so a name read from a file is imported only when its code is already trusted, the way
+runs it (``pygments.__main__`` runs a command line, ``PIL.__main__`` prints a report), so no
+module is imported *because a checkpoint names it* unless its code is already trusted, the way
 ``transformers`` refuses repository code unless ``trust_remote_code=True``. The rule, checked
 for the module and every package above it before anything is imported:
 
 * a module already imported in this process is used as it is (importing it runs nothing);
-* otherwise its top-level package must be provided by an installed distribution
-  (``importlib.metadata``) and must not be found in the current directory (a file there would
-  shadow the installed package), unless the caller names that package in ``trust_factories``;
+* otherwise its top-level package must be one the project trusts (:data:`TRUSTED_PACKAGES`:
+  arma-plugin itself and the model libraries it builds on) and must not be found in the current
+  directory (a file there would shadow the installed package), or one the caller names in
+  ``trust_factories``; any other installed package, the standard library included, is refused;
+* a ``__main__`` module (a package's command line) is never imported;
 * in every case, nothing is imported from the checkpoint's own directory or the Hub cache.
 
 Only then is the module imported, and the object it names must be an ``nn.Module`` subclass:
-a class constructor is the only thing a checkpoint may call.
+a class constructor is the only thing a checkpoint may call. Whatever the import raises,
+``SystemExit`` included, becomes a :class:`~arma_plugin.hub.CheckpointError`.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 import os
 import re
@@ -30,7 +33,10 @@ import torch.nn as nn
 
 from .errors import UnknownArchitectureError, UnsafeCheckpointError
 
-__all__ = ["ImportPolicy", "import_path", "resolve_factory"]
+__all__ = ["TRUSTED_PACKAGES", "ImportPolicy", "import_path", "resolve_factory"]
+
+TRUSTED_PACKAGES = frozenset({"arma_plugin", "timm", "segmentation_models_pytorch", "torchvision"})
+"""Top-level packages whose modules a checkpoint's factory may be imported from (module docstring)."""
 
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
@@ -68,22 +74,22 @@ class ImportPolicy:
             name = ".".join(parts[:depth])
             if name in sys.modules:
                 continue
-            try:
-                spec = importlib.util.find_spec(name)
-            except (ImportError, ValueError) as err:
-                raise UnknownArchitectureError(where, f"cannot find model factory module {name!r}: "
-                                                      f"{err}") from err
-            if spec is None:
-                raise UnknownArchitectureError(where, f"cannot find model factory module {name!r}")
+            if parts[depth - 1] == "__main__":
+                raise UnsafeCheckpointError(where, f"model factory module {module_name!r} is a command-line "
+                                                   "entry point; it is never imported for a checkpoint")
+            spec = _find_spec(name, where)
             for location in _locations(spec):
                 if any(location.is_relative_to(d) for d in self.untrusted_dirs):
                     raise UnsafeCheckpointError(where, f"model factory module {name!r} is found in "
                                                        f"{location}, inside the checkpoint or the Hub "
                                                        "cache; code is never imported from there")
+            if top not in self.trusted and top not in TRUSTED_PACKAGES:
+                raise UnsafeCheckpointError(where, f"model factory module {module_name!r} is not imported "
+                                                   f"yet and {top!r} is not a package arma-plugin trusts "
+                                                   f"({', '.join(sorted(TRUSTED_PACKAGES))}); "
+                                                   f"{_trust_hint(top)}")
             if top in self.trusted:
                 continue
-            if depth == 1:
-                self._check_installed(top, where)
             # a top-level module, or one inside a namespace package (whose portions are gathered
             # from every sys.path entry), may come from the cwd; a regular package's submodules
             # come from the package's own, already allowed, directory
@@ -92,18 +98,24 @@ class ImportPolicy:
                 self._check_not_in_cwd(top, name, spec, where)
 
     @staticmethod
-    def _check_installed(top: str, where: str | os.PathLike) -> None:
-        if top not in importlib.metadata.packages_distributions():
-            raise UnsafeCheckpointError(where, f"model factory module {top!r} is not an installed "
-                                               f"package and is not imported yet; {_trust_hint(top)}")
-
-    @staticmethod
     def _check_not_in_cwd(top: str, name: str, spec: Any, where: str | os.PathLike) -> None:
         cwd = Path.cwd().resolve()
         if any(p.parent == cwd or p.is_relative_to(cwd / top) for p in _locations(spec)):
             raise UnsafeCheckpointError(where, f"model factory module {name!r} would be imported from "
                                                f"the current directory {cwd}, not from the installed "
                                                f"package; {_trust_hint(top)}")
+
+
+def _find_spec(name: str, where: str | os.PathLike) -> Any:
+    """The module's spec, located without running it (only its allowed parents run)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (Exception, SystemExit) as err:  # a parent's import raising anything is the file's fault
+        raise UnknownArchitectureError(where, f"cannot find model factory module {name!r}: "
+                                              f"{type(err).__name__}: {err}") from err
+    if spec is None:
+        raise UnknownArchitectureError(where, f"cannot find model factory module {name!r}")
+    return spec
 
 
 def _trust_hint(top: str) -> str:
@@ -133,8 +145,9 @@ def resolve_factory(path: Any, where: str | os.PathLike, policy: ImportPolicy | 
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise UnknownArchitectureError(where, f"cannot import model factory {path!r}: {err}") from err
+    except (Exception, SystemExit) as err:  # whatever the module's code raises, exiting included
+        raise UnknownArchitectureError(where, f"cannot import model factory {path!r}: "
+                                              f"{type(err).__name__}: {err}") from err
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise UnknownArchitectureError(where, f"model factory {path!r} is not an nn.Module subclass; "
                                               "only model classes are called when loading")
