@@ -23,24 +23,28 @@ BOUNDARIES = ["circular", "zeros"]
 
 def _inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    taps = ar_taps(torch.randn(3, 2, 4, generator=gen, dtype=dtype))
+    alpha = torch.randn(3, 2, 4, generator=gen, dtype=dtype)
     x = torch.randn(2, 3, 5, 6, generator=gen, dtype=dtype)
     grad_y = torch.randn(2, 3, 5, 6, generator=gen, dtype=dtype)
-    return x, taps, grad_y
+    return x, alpha, grad_y
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_opcheck_ar_solve(backend, boundary, dtype):
-    x, taps, _ = _inputs(dtype)
+@pytest.mark.parametrize("reparam", [True, False])
+def test_opcheck_ar_solve(backend, boundary, dtype, reparam):
+    x, alpha, _ = _inputs(dtype)
+    if not reparam:
+        alpha = ar_taps(alpha)  # raw taps inside the stable region
     torch.library.opcheck(torch.ops.arma_plugin.ar_solve.default,
-                          (x.requires_grad_(), taps.requires_grad_(), boundary, 2, backend))
+                          (x.requires_grad_(), alpha.requires_grad_(), boundary, reparam, 2, backend))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_ar_solve_backward(backend, boundary, dtype):
-    x, taps, grad_y = _inputs(dtype)
-    torch.library.opcheck(torch.ops.arma_plugin.ar_solve_backward.default, (grad_y, x, taps, boundary, 1, backend))
+    x, alpha, grad_y = _inputs(dtype)
+    torch.library.opcheck(torch.ops.arma_plugin.ar_solve_backward.default,
+                          (grad_y, x, alpha, boundary, True, 1, backend))

@@ -34,15 +34,17 @@ if not ar_solve_triton.INTERPRETED:
 BOUNDARIES = ["circular", "zeros"]
 EPS64 = torch.finfo(torch.float64).eps
 EPS32 = torch.finfo(torch.float32).eps
-# (Q, dilation, H×W, lines per program): sizes 1×1, 2×7, 5×3, 33×20, Q = 1, 2, 3 and dilation
-# 1, 2, with each boundary; the last row has more lines than one program's block along
-# both axes (several programs per plane, a partial last tile).
-CASES = [(1, 1, (1, 1), 64), (2, 2, (2, 7), 64), (3, 1, (5, 3), 64), (1, 2, (33, 20), 64), (2, 2, (6, 9), 4)]
+FUSED = None  # the default plan: one program per plane for these small maps
+# (Q, dilation, H×W, plane elements solved in one program): sizes 1×1, 2×7, 5×3, 17×12, Q = 1,
+# 2, 3 and dilation 1, 2, with each boundary; the last row forces the two-pass plan (an H pass
+# and a W pass) with several programs per plane and a partial last tile.
+CASES = [(1, 1, (1, 1), FUSED), (2, 2, (2, 7), FUSED), (3, 1, (5, 3), FUSED), (1, 2, (17, 12), FUSED),
+         (2, 2, (6, 9), 8)]
 
 
 def _case_id(case):
-    q, d, (h, w), block = case
-    return f"Q{q}-d{d}-{h}x{w}-block{block}"
+    q, d, (h, w), fused = case
+    return f"Q{q}-d{d}-{h}x{w}-" + ("fused" if fused is None else "two-pass")
 
 
 def _condition(taps: torch.Tensor, h: int, w: int, boundary: str, dilation: int) -> float:
@@ -68,7 +70,13 @@ def _reference(x, alpha, grad_out, boundary, dilation, reparam=True):
     return y.detach(), gx, torch.zeros_like(alpha_ref) if ga is None else ga  # 1×1 zeros: A = I
 
 
-def _triton(x, alpha, grad_out, boundary, dilation, reparam=True):
+def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements=FUSED):
+    """``(y, dx, dalpha)`` through the layer's function, or with ``fused_elements`` through the
+    backend's functions with that plan (``pass_elements=16``: several programs per plane)."""
+    if fused_elements is not None:
+        plan = dict(fused_elements=fused_elements, pass_elements=16)
+        y = ar_solve_triton.triton_ar_solve(x, alpha, boundary, reparam, dilation, **plan)
+        return (y, *ar_solve_triton.triton_ar_solve_backward(grad_out, x, alpha, boundary, reparam, dilation, **plan))
     x = x.detach().requires_grad_()
     alpha = alpha.detach().requires_grad_()
     y = autoregressive2d(x, alpha, boundary, reparam=reparam, dilation=dilation, backend="triton")
@@ -76,17 +84,17 @@ def _triton(x, alpha, grad_out, boundary, dilation, reparam=True):
     return y, gx, ga
 
 
-def _check_against_reference(boundary, q, dilation, size, block, dtype, scale, monkeypatch):
-    monkeypatch.setattr(ar_solve_triton, "BLOCK_LINES", block)
+def _check_against_reference(boundary, q, dilation, size, fused_elements, dtype, scale):
     h, w = size
     gen = torch.Generator().manual_seed(1000 * q + 10 * dilation + h)
     alpha = scale * torch.randn(2, q, 4, generator=gen, dtype=torch.float64)
     x = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
     grad_out = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
-    y, gx, ga = _triton(x.to(dtype), alpha.to(dtype), grad_out.to(dtype), boundary, dilation)
+    y, gx, ga = _triton(x.to(dtype), alpha.to(dtype), grad_out.to(dtype), boundary, dilation,
+                        fused_elements=fused_elements)
     y_ref, gx_ref, ga_ref = _reference(x, alpha, grad_out, boundary, dilation)
     # Backward-stable solves: relative error ≲ c·eps·cond(A); c = 1e3 covers the O(n) growth
-    # of the reference's own LU error at n = 33, the gradient's second solve and the tap
+    # of the reference's own LU error at n ≤ 40, the gradient's second solve and the tap
     # sums over B·H·W products.
     eps = EPS64 if dtype == torch.float64 else EPS32
     tol = 1e3 * eps * _condition(ar_taps(alpha), h, w, boundary, dilation)
@@ -98,26 +106,33 @@ def _check_against_reference(boundary, q, dilation, size, block, dtype, scale, m
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_float64_matches_dense_reference(boundary, case, monkeypatch):
+def test_float64_matches_dense_reference(boundary, case):
     """The method is exact: float64 in, float64 accumulation, agrees to float64 rounding.
     alpha·3 puts taps near the stability boundary (ill-conditioned solves)."""
-    _check_against_reference(boundary, *case, torch.float64, 3.0, monkeypatch)
+    _check_against_reference(boundary, *case, torch.float64, 3.0)
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_float32_within_float32_rounding(boundary, monkeypatch):
-    _check_against_reference(boundary, 2, 2, (9, 6), 64, torch.float32, 1.0, monkeypatch)
+def test_float32_within_float32_rounding(boundary):
+    _check_against_reference(boundary, 2, 2, (9, 6), FUSED, torch.float32, 1.0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(itertools.product([1, 2, 3], [1, 3], [(1, 1), (2, 7), (5, 3), (33, 20),
-                                                                        (17, 40), (64, 1), (1, 64)], [8])),
-                         ids=_case_id)
+@pytest.mark.parametrize("case", list(itertools.product([1, 2, 3], [1, 2, 3], [(1, 1), (2, 7), (5, 3), (33, 20),
+                                                                           (17, 40), (64, 1), (1, 64)],
+                                                        [FUSED, 8])), ids=_case_id)
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_float64_sweep(boundary, case, monkeypatch):
-    """Every Q × dilation (3 makes cycles of several lengths) × size, several programs per plane
-    (~10 s per case in the interpreter)."""
-    _check_against_reference(boundary, *case, torch.float64, 3.0, monkeypatch)
+def test_float64_sweep(boundary, case):
+    """Every Q × dilation (3 makes cycles of several lengths) × size, fused and two-pass."""
+    _check_against_reference(boundary, *case, torch.float64, 3.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(3, 2048), (2048, 3)], ids=["3x2048", "2048x3"])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_lines_longer_than_a_fused_plane(boundary, size):
+    """2048-long lines: the two-pass plan, whole lines per program (float64, Q = 2, d = 2)."""
+    _check_against_reference(boundary, 2, 2, size, 4096, torch.float64, 1.0)
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)

@@ -1,17 +1,21 @@
 """The AR solve as a PyTorch custom op with a Thm 4 backward.
 
-``torch.ops.arma_plugin.ar_solve(x, taps, boundary, dilation, backend)`` computes
-``Y = A^{-1} X``; its registered autograd saves only ``X`` and the taps, and the
-backward kernels re-solve for ``Y`` themselves (numba: per plane while it is in cache;
-torch/circular: ``Ŷ = X̂ / D`` in the spectrum it computes anyway). Saving ``X`` rather
-than ``Y`` lets the caller overwrite ``Y`` in place: timm and SMP put
-``ReLU(inplace=True)`` right after convolutions, and inside ``ARMAConv2d`` nothing else
-holds ``X``. Being a
-``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
-``torch.jit.trace`` and ``torch.fx``. Backends: ``"numba"`` (fast CPU kernels, stable
-taps only), ``"torch"`` (portable, any device, any non-singular taps) and ``"triton"``
-(GPU kernels, stable taps only, any float dtype and layout in and out; on CPU tensors only
-under Triton's interpreter, ``TRITON_INTERPRET=1``, for tests).
+``torch.ops.arma_plugin.ar_solve(x, alpha, boundary, reparam, dilation, backend)`` computes
+``Y = A^{-1} X`` with the taps of ``alpha`` (Thm 7 re-parameterisation if ``reparam``, else
+the raw taps); its registered autograd saves only ``X`` and ``alpha``, and the backward
+kernels re-solve for ``Y`` themselves. Saving ``X`` rather than ``Y`` lets the caller
+overwrite ``Y`` in place: timm and SMP put ``ReLU(inplace=True)`` right after convolutions,
+and inside ``ARMAConv2d`` nothing else holds ``X``. Being a ``torch.library.custom_op`` it is
+opaque to ``torch.compile`` (no graph break), ``torch.jit.trace`` and ``torch.fx``.
+
+The rules every backend shares live here: the output and ``dX`` have ``x``'s dtype and
+layout (``torch.empty_like``), ``d alpha`` has ``alpha``'s dtype; the solve accumulates in
+float64 for float64 input and in float32 otherwise; an empty batch or map solves nothing.
+Backends: ``"numba"`` (fast CPU kernels, stable taps only), ``"torch"`` (portable, any
+device, any non-singular taps), both fed contiguous tensors in the compute dtype and taps
+from :func:`ar_taps`; ``"triton"`` (GPU kernels, stable taps only) loads and stores every
+float dtype and layout itself and computes the taps and their gradient on chip (on CPU
+tensors only under Triton's interpreter, ``TRITON_INTERPRET=1``, for tests).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import os
 import torch
 
 from .ar_solve_torch import torch_ar_solve, torch_ar_solve_backward
-from .ar_taps import taps_are_stable
+from .ar_taps import ar_taps, ar_taps_backward, taps_are_stable
 
 BACKENDS = ("numba", "torch", "triton")
 BACKEND_ENV = "ARMA_PLUGIN_BACKEND"
@@ -43,6 +47,11 @@ def triton_runs_on(device: torch.device) -> bool:
     return INTERPRETED == (device.type == "cpu")
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The solve's accumulation dtype: float64 for float64 input, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _require_stable(backend: str, taps: torch.Tensor, known_stable: bool) -> None:
     """A forced fast backend solves only inside the stable region; say so instead of diverging."""
     if not known_stable and not taps_are_stable(taps):
@@ -52,14 +61,13 @@ def _require_stable(backend: str, taps: torch.Tensor, known_stable: bool) -> Non
 
 def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = None,
                     known_stable: bool = False) -> str:
-    """Pick the solver for ``x`` as the caller has it (before any float32 cast):
-    argument, else ``$ARMA_PLUGIN_BACKEND``, else automatic.
+    """Pick the solver for ``x``: argument, else ``$ARMA_PLUGIN_BACKEND``, else automatic.
 
     Automatic: ``triton`` for CUDA tensors when Triton is installed, ``numba`` for CPU
     tensors when numba is installed, if the taps are inside the stable region; else
     ``torch``. ``known_stable`` (true for re-parameterised taps, Thm 7) skips the
-    data-dependent check, so ``torch.compile`` sees no graph break. A forced ``numba`` or
-    ``triton`` that cannot run raises instead of falling back.
+    data-dependent check, so ``torch.compile`` sees no graph break; raw taps are ``alpha``
+    itself. A forced ``numba`` or ``triton`` that cannot run raises instead of falling back.
     """
     requested = backend or os.environ.get(BACKEND_ENV) or None
     if requested is not None and requested not in BACKENDS:
@@ -87,63 +95,73 @@ def resolve_backend(x: torch.Tensor, taps: torch.Tensor, backend: str | None = N
     return "torch"
 
 
+def _in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``like``'s dtype and strides (no copy when it has them already)."""
+    if t.dtype == like.dtype and t.stride() == like.stride():
+        return t
+    return torch.empty_like(like).copy_(t)
+
+
 @torch.library.custom_op("arma_plugin::ar_solve", mutates_args=())
-def ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int, backend: str) -> torch.Tensor:
-    if backend == "triton":  # keeps x's dtype and layout, empty inputs included (see the fake)
-        from .ar_solve_triton import triton_ar_solve
-        return triton_ar_solve(x, taps, boundary, dilation)
+def ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
+             backend: str) -> torch.Tensor:
     if x.numel() == 0:  # an empty batch or map: nothing to solve (MKL's FFT refuses empty transforms)
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+        return torch.empty_like(x)
+    if backend == "triton":
+        from .ar_solve_triton import triton_ar_solve
+        return triton_ar_solve(x, alpha, boundary, reparam, dilation)
+    dtype = compute_dtype(x)
+    taps = ar_taps(alpha.to(dtype), reparam)
+    xc = x.to(dtype).contiguous()
     if backend == "numba":
         from .ar_solve_numba import numba_ar_solve
-        return numba_ar_solve(x, taps, boundary, dilation)
-    return torch_ar_solve(x.contiguous(), taps, boundary, dilation)
+        return _in_layout_of(numba_ar_solve(xc, taps, boundary, dilation), x)
+    return _in_layout_of(torch_ar_solve(xc, taps, boundary, dilation), x)
 
 
 @ar_solve.register_fake
-def _(x, taps, boundary, dilation, backend):
-    if backend == "triton":
-        return torch.empty_like(x)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+def _(x, alpha, boundary, reparam, dilation, backend):
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op("arma_plugin::ar_solve_backward", mutates_args=())
-def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
+def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool,
                       dilation: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.numel() == 0:
+        return torch.empty_like(x), torch.zeros_like(alpha)
     if backend == "triton":
         from .ar_solve_triton import triton_ar_solve_backward
-        return triton_ar_solve_backward(grad_y, x, taps, boundary, dilation)
-    if x.numel() == 0:
-        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.zeros_like(taps)
-    grad_y = grad_y.contiguous()
+        return triton_ar_solve_backward(grad_y, x, alpha, boundary, reparam, dilation)
+    dtype = compute_dtype(x)
+    alpha_c = alpha.to(dtype)
+    taps = ar_taps(alpha_c, reparam)
+    args = (grad_y.to(dtype).contiguous(), x.to(dtype).contiguous(), taps, boundary, dilation)
     if backend == "numba":
         from .ar_solve_numba import numba_ar_solve_backward
-        return numba_ar_solve_backward(grad_y, x, taps, boundary, dilation)
-    return torch_ar_solve_backward(grad_y, x, taps, boundary, dilation)
+        grad_x, grad_taps = numba_ar_solve_backward(*args)
+    else:
+        grad_x, grad_taps = torch_ar_solve_backward(*args)
+    return _in_layout_of(grad_x, x), ar_taps_backward(alpha_c, grad_taps, reparam).to(alpha.dtype)
 
 
 @ar_solve_backward.register_fake
-def _(grad_y, x, taps, boundary, dilation, backend):
-    if backend == "triton":
-        return torch.empty_like(x), torch.empty_like(taps)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(taps)
+def _(grad_y, x, alpha, boundary, reparam, dilation, backend):
+    return torch.empty_like(x), torch.empty_like(alpha)
 
 
 def _setup_context(ctx, inputs, output):
-    x, taps, boundary, dilation, backend = inputs
-    ctx.save_for_backward(x, taps)
-    ctx.solve_args = (boundary, dilation, backend)
+    x, alpha, boundary, reparam, dilation, backend = inputs
+    ctx.save_for_backward(x, alpha)
+    ctx.solve_args = (boundary, reparam, dilation, backend)
 
 
 def _backward(ctx, grad_y):
-    x, taps = ctx.saved_tensors
-    grad_x, grad_taps = ar_solve_backward(grad_y, x, taps, *ctx.solve_args)
-    return grad_x, grad_taps, None, None, None
+    x, alpha = ctx.saved_tensors
+    grad_x, grad_alpha = ar_solve_backward(grad_y, x, alpha, *ctx.solve_args)
+    return grad_x, grad_alpha, None, None, None, None
 
 
 ar_solve.register_autograd(_backward, setup_context=_setup_context)
-
-
 def _no_double_backward(ctx, grad_grad_x, grad_grad_taps):
     raise RuntimeError("double backward through the AR solve (arma_plugin::ar_solve) is not supported: "
                        "its backward is a custom kernel without a derivative of its own")

@@ -20,7 +20,7 @@ BOUNDARIES = ("circular", "zeros")
 TANH_LIMIT = 1.0 - 2.0 ** -16
 
 
-def ar_taps(alpha: torch.Tensor, reparam: bool = True) -> torch.Tensor:
+def ar_taps(alpha: torch.Tensor, reparam: bool = True, tanh_limit: float = TANH_LIMIT) -> torch.Tensor:
     """Map ``alpha`` ``[C, Q, 4]`` to factor taps ``(f_left, f_right, g_left, g_right)``.
 
     With ``reparam`` (Thm 7, in the authors' released layout) ``c = tanh(alpha)/sqrt(2)``
@@ -30,13 +30,29 @@ def ar_taps(alpha: torch.Tensor, reparam: bool = True) -> torch.Tensor:
     is capped at :data:`TANH_LIMIT` so this also holds after floating-point rounding
     (entries of ``alpha`` beyond the cap, ``|alpha| > 5.9``, get zero gradient).
     Without ``reparam`` ``alpha`` already holds the raw taps (may leave the stable region).
+    ``tanh_limit`` is the cap as an argument because TorchScript, which compiles this for
+    scripted models, cannot read a module-level float.
     """
     if not reparam:
         return alpha
-    c = torch.tanh(alpha).clamp(-TANH_LIMIT, TANH_LIMIT) / math.sqrt(2.0)
+    c = torch.tanh(alpha).clamp(-tanh_limit, tanh_limit) / math.sqrt(2.0)
     c0, c1, c2, c3 = c.unbind(-1)
     s = 1.0 / math.sqrt(2.0)
     return torch.stack(((c0 + c1) * s, (c1 - c0) * s, (c2 + c3) * s, (c3 - c2) * s), dim=-1)
+
+
+def ar_taps_backward(alpha: torch.Tensor, grad_taps: torch.Tensor, reparam: bool = True) -> torch.Tensor:
+    """``dL/dalpha`` from ``dL/dtaps``: the chain rule of :func:`ar_taps` in closed form (the same
+    formula the Triton kernels evaluate per channel)."""
+    if not reparam:
+        return grad_taps
+    t = torch.tanh(alpha)
+    slope = torch.where(t.abs() <= TANH_LIMIT, 1.0 - t * t, torch.zeros_like(t)) / math.sqrt(2.0)
+    s = 1.0 / math.sqrt(2.0)
+    left_h, right_h, left_w, right_w = grad_taps.unbind(-1)
+    grad_c = torch.stack(((left_h - right_h) * s, (left_h + right_h) * s,
+                          (left_w - right_w) * s, (left_w + right_w) * s), dim=-1)
+    return grad_c * slope
 
 
 def taps_are_stable(taps: torch.Tensor) -> bool:

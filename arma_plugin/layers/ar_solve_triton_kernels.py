@@ -1,0 +1,257 @@
+"""Triton kernels of the AR solve: register tiles, first-order scans, taps computed on chip.
+
+A tile holds a block of one plane as ``[LH, CHH, LW, CHW]``: along an axis that the kernel
+solves, ``(j, r)`` is position ``j`` of chain ``r`` (the positions ``r, r+d, r+2d, …`` that a
+dilated factor couples; for ``circular`` the ``gcd(n, d)`` cycles ``(r + j·d) mod n``); along
+an axis it does not solve, ``(j, 0)`` is position ``block0 + j``. With ``d = 1`` there is one
+chain and the tile is the plain ``[H, W]`` block; with ``d | n`` the flattened ``(j, r)`` is the
+memory order again, so every load and store stays contiguous along the tensor's fastest axis.
+
+A factor ``y[i] + right·y[i-d] + left·y[i+d]`` is ``s(1 + b·L)(1 + a·U)`` on a chain (``L``/``U``:
+previous/next element, ``s = (1 + sqrt(1 - 4·left·right))/2``, ``a = left/s``, ``b = right/s``,
+``|a|, |b| < 1`` inside the stable region, Thm 6), up to the boundary: exact for ``circular``
+(circulants), ``+ s·a·b·e_0 e_0ᵀ`` for ``zeros``. Each first-order recursion is a
+``tl.associative_scan`` along the chain axis (``(p₁, s₁)∘(p₂, s₂) = (p₁p₂, s₁p₂ + s₂)``), started
+from zero; the exact solution differs from that open solution by a term in closed form whose
+coefficient comes from the scan's first or last element (the cyclic wrap for ``circular``, the
+Sherman–Morrison rank-one term for ``zeros``).
+
+Backward (Thm 4) re-solves from the saved ``X``, then walks the factors back, last first: the
+transposed solve of the gradient (``left``/``right`` swapped), the tap gradients
+``-Σ g[i]·y[i±d]`` against the factor's output ``y``, and the factor re-applied to ``y`` to get
+its input. Tap gradients leave each program as one partial sum per tap; one small kernel
+sums them per channel and applies the re-parameterisation's chain rule (Thm 7).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+TANH_LIMIT = 1.0 - 2.0 ** -16  # arma_plugin.layers.ar_taps.TANH_LIMIT (checked by the tests)
+INV_SQRT2 = 0.7071067811865476
+
+
+@triton.jit
+def _linear_combine(p1, s1, p2, s2):
+    return p1 * p2, s1 * p2 + s2
+
+
+@triton.jit
+def _power(base, e):
+    """``base**e`` for a scalar ``|base| < 1`` and integer ``e >= 0`` (tensor)."""
+    magnitude = tl.exp2(e.to(base.dtype) * tl.log2(tl.abs(base)))
+    magnitude = tl.where(e == 0, 1.0, magnitude)
+    odd = (e % 2) == 1
+    return tl.where(base < 0, tl.where(odd, -magnitude, magnitude), magnitude)
+
+
+@triton.jit
+def _tanh(v):
+    """tanh to a few ulp without cancellation near 0: ``-expm1(-2|v|) / (2 + expm1(-2|v|))``,
+    expm1 by Kahan's ``(e - 1)·x / log(e)``."""
+    x = -2.0 * tl.abs(v)
+    e = tl.exp(x)
+    em1 = tl.where(e == 1.0, x, (e - 1.0) * x / tl.log(tl.where(e == 1.0, 2.0, e)))
+    em1 = tl.where(e == 0.0, -1.0, em1)
+    t = -em1 / (2.0 + em1)
+    return tl.where(v < 0, -t, t)
+
+
+@triton.jit
+def _capped_tanh(v):
+    t = _tanh(v)
+    return tl.minimum(tl.maximum(t, -TANH_LIMIT), TANH_LIMIT)
+
+
+@triton.jit
+def _factor_taps(alpha, c, q, Q: tl.constexpr, REPARAM: tl.constexpr, acc_t: tl.constexpr):
+    """``(f_left, f_right, g_left, g_right)`` of factor ``q`` of channel ``c`` (Thm 7 layout)."""
+    base = alpha + (c * Q + q) * 4
+    a0 = tl.load(base).to(acc_t)
+    a1 = tl.load(base + 1).to(acc_t)
+    a2 = tl.load(base + 2).to(acc_t)
+    a3 = tl.load(base + 3).to(acc_t)
+    if REPARAM:
+        c0 = _capped_tanh(a0) * INV_SQRT2
+        c1 = _capped_tanh(a1) * INV_SQRT2
+        c2 = _capped_tanh(a2) * INV_SQRT2
+        c3 = _capped_tanh(a3) * INV_SQRT2
+        return (c0 + c1) * INV_SQRT2, (c1 - c0) * INV_SQRT2, (c2 + c3) * INV_SQRT2, (c3 - c2) * INV_SQRT2
+    return a0, a1, a2, a3
+
+
+@triton.jit
+def _axis(n, dilation, n_chains, block0, SOLVED: tl.constexpr, CIRCULAR: tl.constexpr,
+          L: tl.constexpr, CH: tl.constexpr):
+    """``(position, inside, j, chain length)`` of one tile axis, each ``[L, CH]`` or ``[1, CH]``."""
+    j = tl.arange(0, L)[:, None]
+    r = tl.arange(0, CH)[None, :]
+    if SOLVED:
+        if CIRCULAR:
+            m = n // n_chains + 0 * r
+            pos = (r + j * dilation) % n
+        else:
+            m = (n - r + dilation - 1) // dilation
+            pos = r + j * dilation
+        inside = (r < n_chains) & (j < m)
+    else:
+        m = n + 0 * r
+        pos = block0 + j + 0 * r
+        inside = pos < n
+    return pos, inside, j, m
+
+
+@triton.jit
+def _factor_solve(t, j, m, inside, left, right, AXIS: tl.constexpr, CIRCULAR: tl.constexpr):
+    """One factor solved along ``AXIS`` for every chain of the tile (module docstring)."""
+    s = 0.5 * (1.0 + tl.sqrt(1.0 - 4.0 * left * right))
+    a = left / s
+    b = right / s
+    x = tl.where(inside, t / s, 0.0)
+    w = tl.associative_scan((tl.zeros_like(x) - b, x), AXIS, _linear_combine)[1]
+    w = tl.where(inside, w, 0.0)
+    if CIRCULAR:
+        # causal cycle: u[j] = w[j] + (-b)^(j+1)·u[m-1], u[m-1] = w[m-1] / (1 - (-b)^m)
+        w_last = tl.sum(tl.where(j == m - 1, w, 0.0), AXIS, keep_dims=True)
+        u = w + _power(-b, j + 1) * (w_last / (1.0 - _power(-b, m)))
+        u = tl.where(inside, u, 0.0)
+        v = tl.associative_scan((tl.zeros_like(u) - a, u), AXIS, _linear_combine, reverse=True)[1]
+        # anti-causal cycle: y[j] = v[j] + (-a)^(m-j)·y[0], y[0] = v[0] / (1 - (-a)^m)
+        v_first = tl.sum(tl.where(j == 0, v, 0.0), AXIS, keep_dims=True)
+        y = v + _power(-a, m - j) * (v_first / (1.0 - _power(-a, m)))
+    else:
+        v = tl.associative_scan((tl.zeros_like(w) - a, w), AXIS, _linear_combine, reverse=True)[1]
+        # rank-one term: y = v - a·b·y[0]·(-b)^j·σ(m-j), y[0] = v[0] / σ(m+1), σ(k) = Σ_{i<k} (ab)^i
+        ab = a * b
+        v_first = tl.sum(tl.where(j == 0, v, 0.0), AXIS, keep_dims=True)
+        y_first = v_first * (1.0 - ab) / (1.0 - _power(ab, m + 1))
+        y = v - ab * y_first * _power(-b, j) * ((1.0 - _power(ab, m - j)) / (1.0 - ab))
+    return tl.where(inside, y, 0.0)
+
+
+@triton.jit
+def _neighbour(t, j, m, STEP: tl.constexpr, AXIS: tl.constexpr, CIRCULAR: tl.constexpr):
+    """``t`` at chain position ``j + STEP`` (around the cycle, or 0 past a ``zeros`` edge)."""
+    k = j + STEP
+    if CIRCULAR:
+        k = (k + m) % m
+    present = (k >= 0) & (k < m)
+    k = tl.broadcast_to(tl.where(present, k, 0), t.shape)
+    return tl.where(present, tl.gather(t, k, AXIS), 0.0)
+
+
+@triton.jit
+def _factor_backward(y, g, j, m, inside, left, right, AXIS: tl.constexpr, CIRCULAR: tl.constexpr):
+    """Transposed solve of ``g``, the tap gradients against the factor's output ``y``, and the
+    factor's input ``A·y``: ``(g', d left, d right, input)``."""
+    g = _factor_solve(g, j, m, inside, right, left, AXIS, CIRCULAR)
+    y_next = _neighbour(y, j, m, 1, AXIS, CIRCULAR)
+    y_prev = _neighbour(y, j, m, -1, AXIS, CIRCULAR)
+    grad_left = -tl.sum(g * y_next)
+    grad_right = -tl.sum(g * y_prev)
+    return g, grad_left, grad_right, tl.where(inside, y + right * y_prev + left * y_next, 0.0)
+
+
+@triton.jit
+def _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
+          CIRCULAR: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr):
+    """Program → (batch, channel, H and W offsets and indices as 4-D tiles, mask)."""
+    plane = tl.program_id(0)
+    block = tl.program_id(1)
+    b = (plane // C).to(tl.int64)
+    c = plane % C
+    pos_h, in_h, j_h, m_h = _axis(H, dilation, chains_h, block * LH, SOLVE_H, CIRCULAR, LH, CHH)
+    pos_w, in_w, j_w, m_w = _axis(W, dilation, chains_w, block * LW, SOLVE_W, CIRCULAR, LW, CHW)
+    mask = in_h[:, :, None, None] & in_w[None, None, :, :]
+    return (b, c, pos_h[:, :, None, None].to(tl.int64), pos_w[None, None, :, :].to(tl.int64),
+            j_h[:, :, None, None], m_h[:, :, None, None], j_w[None, None, :, :], m_w[None, None, :, :], mask)
+
+
+_SIZES = ["C", "H", "W", "dilation", "chains_h", "chains_w"]
+_STRIDES = ["sb", "sc", "sh", "sw"]
+
+
+@triton.jit(do_not_specialize=_SIZES + [f"{p}_{s}" for p in ("src", "dst") for s in _STRIDES])
+def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
+                   src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                   Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
+                   REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                   LW: tl.constexpr, CHW: tl.constexpr):
+    """``dst = `` the Q factors along the solved axes applied to ``src``: one read, one write."""
+    b, c, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H,
+                                                         SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
+    t = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
+    for q in tl.static_range(Q):
+        left_h, right_h, left_w, right_w = _factor_taps(alpha, c, q, Q, REPARAM, ACC)
+        if SOLVE_H:
+            t = _factor_solve(t, j_h, m_h, mask, left_h, right_h, 0, CIRCULAR)
+        if SOLVE_W:
+            t = _factor_solve(t, j_w, m_w, mask, left_w, right_w, 2, CIRCULAR)
+    tl.store(dst + b * dst_sb + c * dst_sc + pos_h * dst_sh + pos_w * dst_sw, t.to(dst.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit(do_not_specialize=_SIZES + ["row0", "rows"]
+            + [f"{p}_{s}" for p in ("src", "grad", "dst") for s in _STRIDES])
+def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w, row0, rows,
+                    src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                    dst_sb, dst_sc, dst_sh, dst_sw,
+                    Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
+                    REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                    LW: tl.constexpr, CHW: tl.constexpr):
+    """Thm 4 for the solved axes: ``src`` is the input of their factors, ``grad`` the gradient
+    of their output, ``dst`` receives the gradient of their input. The program's tap
+    gradients go to row ``row0 + b·rows_per_batch + block`` of ``partial`` ``[C, rows, Q·4]``
+    (taps of an axis it does not solve: 0)."""
+    b, c, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H,
+                                                         SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
+    y = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
+    for q in tl.static_range(Q):
+        left_h, right_h, left_w, right_w = _factor_taps(alpha, c, q, Q, REPARAM, ACC)
+        if SOLVE_H:
+            y = _factor_solve(y, j_h, m_h, mask, left_h, right_h, 0, CIRCULAR)
+        if SOLVE_W:
+            y = _factor_solve(y, j_w, m_w, mask, left_w, right_w, 2, CIRCULAR)
+    g = tl.load(grad + b * grad_sb + c * grad_sc + pos_h * grad_sh + pos_w * grad_sw, mask=mask,
+                other=0.0).to(ACC)
+    row = partial + (c * rows + row0 + b * tl.num_programs(1) + tl.program_id(1)) * (4 * Q)
+    zero = tl.zeros([], ACC)
+    for k in tl.static_range(Q):
+        q = Q - 1 - k
+        left_h, right_h, left_w, right_w = _factor_taps(alpha, c, q, Q, REPARAM, ACC)
+        grad_lw, grad_rw, grad_lh, grad_rh = zero, zero, zero, zero
+        if SOLVE_W:
+            g, grad_lw, grad_rw, y = _factor_backward(y, g, j_w, m_w, mask, left_w, right_w, 2, CIRCULAR)
+        if SOLVE_H:
+            g, grad_lh, grad_rh, y = _factor_backward(y, g, j_h, m_h, mask, left_h, right_h, 0, CIRCULAR)
+        tl.store(row + 4 * q, grad_lh)
+        tl.store(row + 4 * q + 1, grad_rh)
+        tl.store(row + 4 * q + 2, grad_lw)
+        tl.store(row + 4 * q + 3, grad_rw)
+    tl.store(dst + b * dst_sb + c * dst_sc + pos_h * dst_sh + pos_w * dst_sw, g.to(dst.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit(do_not_specialize=["rows"])
+def tap_gradient_kernel(partial, alpha, grad_alpha, rows, Q: tl.constexpr, QP: tl.constexpr,
+                        REPARAM: tl.constexpr, ACC: tl.constexpr, ROWS: tl.constexpr):
+    """``d alpha[c]``: the sum of channel ``c``'s rows of ``partial`` ``[C, rows, Q·4]`` (d taps),
+    through the re-parameterisation (Thm 7: a 45° rotation of capped ``tanh(alpha)/√2``)."""
+    c = tl.program_id(0)
+    cols = tl.arange(0, QP * 4)
+    acc = tl.zeros([QP * 4], ACC)
+    base = partial + c.to(tl.int64) * rows * (4 * Q)
+    for start in range(0, rows, ROWS):
+        r = start + tl.arange(0, ROWS)
+        tile = tl.load(base + r[:, None] * (4 * Q) + cols[None, :],
+                       mask=(r[:, None] < rows) & (cols[None, :] < 4 * Q), other=0.0)
+        acc += tl.sum(tile.to(ACC), 0)
+    if REPARAM:
+        a = tl.load(alpha + c * (4 * Q) + cols, mask=cols < 4 * Q, other=0.0).to(ACC)
+        t = _tanh(a)
+        # d c_k / d alpha_k, 0 where the cap is flat (as torch.clamp's gradient)
+        slope = tl.where(tl.abs(t) <= TANH_LIMIT, (1.0 - t * t) * INV_SQRT2, 0.0)
+        left, right = tl.split(tl.reshape(acc, [QP * 2, 2]))  # (d left, d right) per (q, axis)
+        grad_c = tl.reshape(tl.join((left - right) * INV_SQRT2, (left + right) * INV_SQRT2), [QP * 4])
+        acc = grad_c * slope
+    tl.store(grad_alpha + c * (4 * Q) + cols, acc.to(grad_alpha.dtype.element_ty), mask=cols < 4 * Q)
