@@ -69,16 +69,9 @@ def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circ
     """
     _check_args(boundary, dilation)
     _check_tensors(x, alpha)
-    compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(x.device.type, enabled=False):
-        taps = ar_taps(alpha.to(compute_dtype), reparam)
-        solver = resolve_backend(x, taps, backend, known_stable=reparam)
-        # triton loads and stores every float dtype itself (float32 accumulation): no cast pass
-        xc = x if solver == "triton" else x.to(compute_dtype)
-        y = ar_solve(xc, taps, boundary, dilation, solver)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        y = y.contiguous(memory_format=torch.channels_last)
-    return y.to(x.dtype)
+        solver = resolve_backend(x, alpha, backend, known_stable=reparam)
+        return ar_solve(x, alpha, boundary, reparam, dilation, solver)
 
 
 torch.fx.wrap("autoregressive2d")
