@@ -6,16 +6,34 @@ same message (the argument's name, the allowed values, what was given).
 from __future__ import annotations
 
 import argparse
+import numbers
 from typing import Any, Iterable
 
-__all__ = ["check_bool", "check_positive_int", "check_choice", "check_odd_kernel_size", "positive_int"]
+__all__ = ["MAX_COUNT", "MAX_AR_KERNEL_SIZE", "check_bool", "check_positive_int", "check_choice",
+           "check_odd_kernel_size", "positive_int"]
+
+MAX_COUNT = 2**24
+"""Upper bound of every count the package takes (channels, sizes, dilations, steps): far above any
+real network's, and low enough that a hostile or mistyped value (``10**30``, ``2**62 + 1``) is
+refused before anything is allocated from it."""
+MAX_AR_KERNEL_SIZE = 63
+"""Largest AR filter: ``2Q + 1`` with ``Q = 31`` sequential 3-tap factors per axis (the paper uses
+3 and 5); the parameter ``alpha`` and the solve grow with ``Q``."""
 
 
-def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` if it is an ``int`` (``bool`` refused) ``>= minimum``, else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _is_integer(value: Any) -> bool:
+    """An integer, numpy's included (as ``nn.Conv2d`` accepts), but not ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
+    """``int(value)`` if it is an integer (``numbers.Integral``, numpy's too; ``bool`` refused) in
+    ``[minimum, maximum]``, else ``ValueError`` naming the argument and the bound."""
+    if not _is_integer(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    if value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
+    return int(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -33,11 +51,14 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
-def check_odd_kernel_size(name: str, value: Any) -> int:
-    """An odd integer ``>= 3`` (``3, 5, 7, ...``): ``2Q + 1`` for ``Q >= 1`` factors."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 3 or value % 2 == 0:
+def check_odd_kernel_size(name: str, value: Any, *, maximum: int = MAX_AR_KERNEL_SIZE) -> int:
+    """``int(value)`` if it is an odd integer in ``[3, maximum]`` (``3, 5, 7, ...``): ``2Q + 1``
+    for ``Q >= 1`` factors."""
+    if not _is_integer(value) or value < 3 or value % 2 == 0:
         raise ValueError(f"{name} must be an odd integer >= 3 (3, 5, 7, ...), got {value!r}")
-    return value
+    if value > maximum:
+        raise ValueError(f"{name} must be an odd integer <= {maximum}, got {value!r}")
+    return int(value)
 
 
 def positive_int(text: str) -> int:

@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 
 from arma_plugin import armafy, save_pretrained
 
@@ -96,3 +98,13 @@ def edit_config(directory: Path, edit) -> None:
     path.write_text(json.dumps(config))
 
 
+
+
+def rewrite_weights(directory: Path, edit, keep_metadata: bool = True) -> None:
+    """Apply ``edit`` to the tensors of ``directory/model.safetensors`` and write them back."""
+    path = str(directory / "model.safetensors")
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata() if keep_metadata else None
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(tensors)
+    safetensors.torch.save_file(tensors, path, metadata=metadata)

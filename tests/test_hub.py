@@ -6,7 +6,6 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-import safetensors.torch
 import segmentation_models_pytorch as smp
 import timm
 import torch
@@ -18,8 +17,8 @@ from arma_plugin import ARMAConfig, armafy, from_pretrained, push_to_hub, save_p
 from arma_plugin.hub import (CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError,
                              IncompatibleCheckpointError, UnknownArchitectureError,
                              UnsafeCheckpointError)
-from hub_models import (TINY, TinyNet, copy_of, edit_config, states_equal, tiny_checkpoint,  # noqa: F401
-                        trained_arma)
+from hub_models import (TINY, TinyNet, copy_of, edit_config, rewrite_weights, states_equal,  # noqa: F401
+                        tiny_checkpoint, trained_arma)
 
 
 @pytest.mark.parametrize("name", ["timm-resnet18", "smp-unet", "factory-tinynet", "factory-tied"])
@@ -210,24 +209,13 @@ BAD_INPUTS = {
                      r"unexpected \['stray.weight'\]"),
     "config without save id": (lambda d: edit_config(d, lambda c: c.pop("save_id")), CorruptCheckpointError,
                                "config.json: missing the 'save_id' field"),
-    "weights without save id": (lambda d: _rewrite_weights(d, lambda t: None, keep_metadata=False),
+    "weights without save id": (lambda d: rewrite_weights(d, lambda t: None, keep_metadata=False),
                                 CorruptCheckpointError, "model.safetensors: has no save id"),
 }
 
 
-def _rewrite_weights(d: Path, edit, keep_metadata: bool = True) -> None:
-    """Apply ``edit`` to the tensors of ``d/model.safetensors`` and write them back."""
-    from safetensors import safe_open
-    path = str(d / "model.safetensors")
-    with safe_open(path, "pt") as f:
-        metadata = f.metadata() if keep_metadata else None
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    edit(tensors)
-    safetensors.torch.save_file(tensors, path, metadata=metadata)
-
-
 def _add_tensor(d: Path, name: str) -> None:
-    _rewrite_weights(d, lambda tensors: tensors.update({name: torch.zeros(1)}))
+    rewrite_weights(d, lambda tensors: tensors.update({name: torch.zeros(1)}))
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -1,17 +1,27 @@
 """The shared argument checks: one rule and one message per kind of argument."""
 import argparse
 
+import numpy as np
 import pytest
 import torch.nn as nn
 
 from arma_plugin import ARMAConfig
 from arma_plugin.erf import erf_map, theoretical_radius
-from arma_plugin.validation import check_bool, check_choice, check_odd_kernel_size, check_positive_int, positive_int
+from arma_plugin.validation import (MAX_AR_KERNEL_SIZE, MAX_COUNT, check_bool, check_choice, check_odd_kernel_size,
+                                   check_positive_int, positive_int)
 
 
-@pytest.mark.parametrize("value", [1, 2, 10**9])
-def test_positive_int_accepts_and_returns(value: int) -> None:
-    assert check_positive_int("channels", value) == value
+@pytest.mark.parametrize("value", [1, 2, MAX_COUNT, np.int64(3), np.uint16(7)])
+def test_positive_int_accepts_and_returns(value) -> None:
+    checked = check_positive_int("channels", value)
+    assert checked == value and type(checked) is int
+
+
+@pytest.mark.parametrize("value", [MAX_COUNT + 1, 10**30, np.int64(2**62)])
+def test_positive_int_refuses_above_the_bound_naming_it(value) -> None:
+    with pytest.raises(ValueError, match=f"^channels must be an integer <= {MAX_COUNT}, got "):
+        check_positive_int("channels", value)
+    assert check_positive_int("steps", value, maximum=value) == value
 
 
 @pytest.mark.parametrize("value", [True, False, 0, -1, 2.0, "3", None, [1]])
@@ -27,9 +37,15 @@ def test_positive_int_minimum() -> None:
         check_positive_int("size", 1, minimum=2)
 
 
-@pytest.mark.parametrize("value", [3, 5, 7, 11])
-def test_odd_kernel_size_accepts(value: int) -> None:
+@pytest.mark.parametrize("value", [3, 5, 7, 11, MAX_AR_KERNEL_SIZE, np.int64(5)])
+def test_odd_kernel_size_accepts(value) -> None:
     assert check_odd_kernel_size("ar_kernel_size", value) == value
+
+
+@pytest.mark.parametrize("value", [MAX_AR_KERNEL_SIZE + 2, 2**62 + 1])
+def test_odd_kernel_size_refuses_above_the_bound_naming_it(value) -> None:
+    with pytest.raises(ValueError, match=f"ar_kernel_size must be an odd integer <= {MAX_AR_KERNEL_SIZE}"):
+        check_odd_kernel_size("ar_kernel_size", value)
 
 
 @pytest.mark.parametrize("value", [1, 2, 4, -3, 3.0, True, "3"])

@@ -7,15 +7,22 @@ chosen layers, the "NL ARMA U-Net" of Table 2).
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
+import regex
 
 from ..layers.autoregressive import BOUNDARIES
 from ..validation import check_bool, check_choice, check_odd_kernel_size, check_positive_int
 
 MODES = ("module", "graph")
 ModulePattern = str | Sequence[str] | None
+# A module-name regex may come from a downloaded config.json. Matching uses the ``regex`` package
+# with a per-name time limit, so a pattern that backtracks catastrophically raises instead of
+# hanging the caller; a real pattern matches a module name in microseconds.
+MATCH_TIMEOUT_S = 0.25
+MAX_PATTERN_LENGTH = 1000
 
 
 class ConfigMismatchError(ValueError):
@@ -29,9 +36,12 @@ def _normalise_patterns(name: str, value: Any) -> str | tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
+        if len(value) > MAX_PATTERN_LENGTH:
+            raise ValueError(f"ARMAConfig.{name} regex must be at most {MAX_PATTERN_LENGTH} characters, "
+                             f"got {len(value)}")
         try:
-            re.compile(value)
-        except re.error as err:
+            _compiled(value)
+        except regex.error as err:
             raise ValueError(f"ARMAConfig.{name} is a string, so it must be a valid regex: {err}") from err
         return value
     if isinstance(value, Sequence) and all(isinstance(v, str) and v for v in value):
@@ -42,11 +52,21 @@ def _normalise_patterns(name: str, value: Any) -> str | tuple[str, ...] | None:
                      f"(exact names or name suffixes), got {value!r}")
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> regex.Pattern:
+    return regex.compile(pattern)
+
+
 def matches(name: str, patterns: str | tuple[str, ...]) -> bool:
     """PEFT rule: a string is a regex that must match the whole name; a list entry matches
     the exact name or a ``.``-separated suffix of it (``"conv1"`` matches ``"layer1.0.conv1"``)."""
     if isinstance(patterns, str):
-        return re.fullmatch(patterns, name) is not None
+        try:
+            return _compiled(patterns).fullmatch(name, timeout=MATCH_TIMEOUT_S) is not None
+        except TimeoutError as err:
+            raise ValueError(f"the module-name regex {patterns!r} took over {MATCH_TIMEOUT_S} s to match "
+                             f"{name!r} (catastrophic backtracking); use a simpler regex or a list of "
+                             "module names") from err
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
@@ -83,14 +103,15 @@ class ARMAConfig:
     mode: str = "module"
 
     def __post_init__(self) -> None:
-        check_odd_kernel_size("ARMAConfig.ar_kernel_size", self.ar_kernel_size)
+        self.ar_kernel_size = check_odd_kernel_size("ARMAConfig.ar_kernel_size", self.ar_kernel_size)
         check_choice("ARMAConfig.boundary", self.boundary, BOUNDARIES)
         check_bool("ARMAConfig.reparam", self.reparam)
         check_bool("ARMAConfig.include_pointwise", self.include_pointwise)
         self.target_modules = _normalise_patterns("target_modules", self.target_modules)
         self.exclude_modules = _normalise_patterns("exclude_modules", self.exclude_modules)
         if self.ar_dilation != "match":
-            check_positive_int("ARMAConfig.ar_dilation (or the string 'match')", self.ar_dilation)
+            self.ar_dilation = check_positive_int("ARMAConfig.ar_dilation (or the string 'match')",
+                                                  self.ar_dilation)
         nl = self.nonlocal_after
         if isinstance(nl, str) or not isinstance(nl, Sequence) or not all(isinstance(n, str) and n for n in nl):
             raise ValueError(f"ARMAConfig.nonlocal_after must be a list of module names, got {nl!r}")

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
+from ..validation import MAX_COUNT
 from .errors import CorruptCheckpointError, IncompatibleCheckpointError, UnknownArchitectureError
 from .factory import ImportPolicy, import_path, resolve_factory
 
@@ -205,6 +206,16 @@ def weight_sources(value: Any, where: str = "") -> list[str]:
     return found
 
 
+def _leaves(value: Any, where: str = "") -> list[tuple[str, Any]]:
+    """Every value of nested objects and lists that is neither, with its path (``"a.b[0]"``)."""
+    if isinstance(value, Mapping):
+        return [leaf for key, item in value.items()
+                for leaf in _leaves(item, f"{where}.{key}" if where else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [leaf for index, item in enumerate(value) for leaf in _leaves(item, f"{where}[{index}]")]
+    return [(where, value)]
+
+
 def _pretrained_switches_of(constructor: Callable) -> dict[str, Any]:
     """The pretrained switches ``constructor`` accepts, set off."""
     try:
@@ -227,6 +238,11 @@ def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str,
     refused = weight_sources(spec.model_args)
     if refused:
         raise CorruptCheckpointError(path, f"model_args {refused} would load or download weights; refused")
+    oversized = [f"{at}={value}" for at, value in _leaves(spec.model_args)
+                 if isinstance(value, int) and abs(value) > MAX_COUNT]
+    if oversized:
+        raise CorruptCheckpointError(path, f"model_args {oversized} exceed the bound {MAX_COUNT} on "
+                                           "integers read from a checkpoint; refused before building")
     args = {**spec.model_args, **overrides}
     args.update({k: off for k, off in PRETRAINED_SWITCHES.items() if k in args})
     if spec.library == TIMM:

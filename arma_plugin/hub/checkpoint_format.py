@@ -13,6 +13,7 @@ A model saved without ARMA layers (not armafied) has ``"arma_config": null`` and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import uuid
@@ -41,6 +42,23 @@ _SAVE_ID = re.compile(r"[0-9a-f]{32}")
 MAX_CONFIG_DEPTH = 32
 
 
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _refuse_non_finite(literal: str) -> None:
+    """``json.loads`` accepts ``NaN``/``Infinity``/``-Infinity``, which no JSON standard has."""
+    raise _NonFiniteNumber(literal)
+
+
+def _finite_float(literal: str) -> float:
+    """A JSON number; one too large for a float (``1e999``) would become ``inf``."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NonFiniteNumber(literal)
+    return value
+
+
 def package_version() -> str:
     from .. import __version__
     return __version__
@@ -49,11 +67,15 @@ def package_version() -> str:
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """``config.json`` as a dict, refused as corrupt if unreadable or nested too deep."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_refuse_non_finite,
+                          parse_float=_finite_float)
     except OSError as err:
         raise CorruptCheckpointError(path, f"cannot be read ({err})") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(path, f"is not valid JSON ({err})") from err
+    except _NonFiniteNumber as err:
+        raise CorruptCheckpointError(path, f"holds the non-finite number {err}; JSON numbers must be "
+                                           "finite") from err
     except RecursionError as err:
         raise CorruptCheckpointError(path, f"is nested deeper than {MAX_CONFIG_DEPTH} levels") from err
     if not isinstance(data, dict):

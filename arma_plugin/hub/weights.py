@@ -69,6 +69,12 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], weights_
     aliases = _alias_groups(expected)
     fresh_head = _head_prefixes(model, spec, overrides)
     mismatched, reheaded = [], []
+    not_floating = [name for name, tensor in tensors.items() if name in expected
+                    and expected[name].is_floating_point() and not tensor.is_floating_point()]
+    if not_floating:
+        raise CheckpointMismatchError(weights_path, f"{len(not_floating)} tensor(s) are not floating point "
+                                      f"but the model's are (a cast would lose or invent values): "
+                                      + "; ".join(f"{k}: {tensors[k].dtype}" for k in not_floating[:5]))
     for name, tensor in tensors.items():
         if name in expected and tensor.shape != expected[name].shape:
             if name.startswith(fresh_head):
