@@ -6,7 +6,8 @@ with the AR solve (Su et al., Def. 1: ``Y = A^{-1} (W * X)``) after it, and for 
 a :class:`NonLocal2d` after a named module.
 
 Design: the instance's ``__class__`` is swapped to a subclass ``ARMA<Base>`` created once per
-base class, ``(OutputMixin, Base)``, whose ``forward`` is ``child(Base.forward(x))``.
+base class, ``(OutputMixin, Base)``, whose ``forward`` is ``child(Base.forward(x))`` with the
+base's own parameter list (so TorchScript compiles it wherever it compiles the base).
 Why this and not the alternatives:
 
 * a wrapper module would rename state-dict keys (``conv.weight`` -> ``conv.conv.weight``) and
@@ -22,7 +23,11 @@ Why this and not the alternatives:
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+import linecache
+import types
+import typing
 
 import torch.nn as nn
 
@@ -30,7 +35,13 @@ _SUBCLASSES: dict[tuple[type, type], type] = {}
 
 
 class OutputMixin:
-    """Base of the mixins below; makes instances of the run-time classes picklable."""
+    """Base of the mixins below; makes instances of the run-time classes picklable.
+
+    ``child`` names the module that post-processes the output; the generated ``forward``
+    calls the base's ``forward``, kept on the class as ``_<child>_base_forward``.
+    """
+
+    child: str = ""
 
     def __reduce_ex__(self, protocol: int):
         return _rebuild, (type(self)._output_chain,), self.__getstate__()
@@ -40,31 +51,75 @@ class AROutputMixin(OutputMixin):
     """Runs the base ``forward`` then the child ``ar`` (an ``AutoRegressive2d``): the
     state-dict key is ``<conv>.ar.alpha``."""
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.ar(super().forward(*args, **kwargs))
+    child = "ar"
 
 
 class NonLocalOutputMixin(OutputMixin):
     """Runs the base ``forward`` then the child ``nonlocal_block`` (a ``NonLocal2d``)."""
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.nonlocal_block(super().forward(*args, **kwargs))
+    child = "nonlocal_block"
 
 
-_CHILD = {AROutputMixin: "ar", NonLocalOutputMixin: "nonlocal_block"}
 _PREFIX = {AROutputMixin: "ARMA", NonLocalOutputMixin: "NonLocal"}
+
+_ARGUMENT = {inspect.Parameter.POSITIONAL_ONLY: "{}", inspect.Parameter.POSITIONAL_OR_KEYWORD: "{}",
+             inspect.Parameter.VAR_POSITIONAL: "*{}", inspect.Parameter.KEYWORD_ONLY: "{0}={0}",
+             inspect.Parameter.VAR_KEYWORD: "**{}"}
+
+
+def _forward_through(child: str, base_forward, class_name: str):
+    """``forward`` with exactly ``base_forward``'s parameters (names, kinds, defaults, annotations)
+    returning ``self.<child>(self._<child>_base_forward(...))``.
+
+    Generated rather than ``forward(self, *args, **kwargs)``: TorchScript compiles only explicit
+    parameter lists, so the class is scriptable wherever its base is. The source is registered
+    with ``linecache`` because TorchScript reads a method's source to compile it.
+    """
+    signature = inspect.signature(base_forward)
+    parameters = list(signature.parameters.values())
+    bare = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty,
+                                                   default=inspect.Parameter.empty) for p in parameters],
+                             return_annotation=inspect.Signature.empty)
+    arguments = ", ".join(_ARGUMENT[p.kind].format(p.name) for p in parameters[1:])
+    source = f"def forward{bare}:\n    return self.{child}(self._{child}_base_forward({arguments}))\n"
+    filename = f"<arma_plugin output subclass {class_name}.forward>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict = {}
+    exec(compile(source, filename, "exec"), namespace)
+    forward = namespace["forward"]
+    forward.__defaults__ = base_forward.__defaults__
+    forward.__kwdefaults__ = base_forward.__kwdefaults__
+    try:  # resolved objects: postponed (string) annotations would need the base module's names
+        hints = typing.get_type_hints(base_forward)
+    except (NameError, TypeError):  # unresolvable hints: unannotated parameters are tensors to TorchScript
+        hints = {}
+    forward.__annotations__ = {name: hint for name, hint in hints.items() if name != "return"}
+    forward.__qualname__ = f"{class_name}.forward"
+    return forward
+
+
+def _renamed(function, name: str):
+    """``function`` under another ``__name__``: TorchScript compiles a method called through
+    ``self`` under its function's name, and the base's ``forward`` must not collide with ours."""
+    renamed = types.FunctionType(function.__code__, function.__globals__, name, function.__defaults__,
+                                 function.__closure__)
+    functools.update_wrapper(renamed, function)
+    renamed.__name__ = name
+    return renamed
 
 
 def output_subclass(mixin: type[OutputMixin], base: type[nn.Module]) -> type[nn.Module]:
     """The (cached) class ``(mixin, base)``, named e.g. ``ARMAConv2dSame``. ``base`` may itself be
-    such a class (a non-local block after an ARMA ``Conv2dSame``): each mixin's ``forward`` calls
-    ``super().forward``, so the children run innermost first."""
+    such a class (a non-local block after an ARMA ``Conv2dSame``): each level calls the one below
+    through its own ``_<child>_base_forward``, so the children run innermost first."""
     key = (mixin, base)
     if key not in _SUBCLASSES:
         name = _PREFIX[mixin] + base.__name__
         chain = getattr(base, "_output_chain", (base,)) + (mixin,)
-        _SUBCLASSES[key] = type(name, (mixin, base),
-                                {"__module__": __name__, "__qualname__": name, "_output_chain": chain})
+        _SUBCLASSES[key] = type(name, (mixin, base), {
+            "__module__": __name__, "__qualname__": name, "_output_chain": chain,
+            "forward": _forward_through(mixin.child, base.forward, name),
+            f"_{mixin.child}_base_forward": _renamed(base.forward, f"_{mixin.child}_base_forward")})
     return _SUBCLASSES[key]
 
 
@@ -78,7 +133,7 @@ def _rebuild(chain: tuple[type, ...]) -> nn.Module:
 def attach_output_child(module: nn.Module, mixin: type[OutputMixin], child: nn.Module) -> nn.Module:
     """Swap ``module``'s class to ``(mixin, type(module))`` and register ``child`` (in place)."""
     if isinstance(module, mixin):
-        raise ValueError(f"{type(module).__name__} already has a {_CHILD[mixin]!r} output child")
+        raise ValueError(f"{type(module).__name__} already has a {mixin.child!r} output child")
     module.__class__ = output_subclass(mixin, type(module))
-    setattr(module, _CHILD[mixin], child)
+    setattr(module, mixin.child, child)
     return module

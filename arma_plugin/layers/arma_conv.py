@@ -58,4 +58,4 @@ class ARMAConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ar(super().forward(x))
+        return self.ar(self._conv_forward(x, self.weight, self.bias))  # nn.Conv2d.forward, scriptable

@@ -17,13 +17,16 @@ zero-padded ``(2Q+1)²`` filter. ``Y = A^{-1} X`` is exact in both cases.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.fx
 import torch.nn as nn
+from torch._subclasses.fake_tensor import is_fake
 
 from ..validation import check_bool, check_choice, check_odd_kernel_size, check_positive_int
-from .ar_solve_op import ar_solve, resolve_backend
-from .ar_taps import BOUNDARIES, ar_taps
+from .ar_solve_op import numba_available, resolve_backend, triton_available
+from .ar_taps import BOUNDARIES, ar_taps, taps_are_stable
 
 __all__ = ["AutoRegressive2d", "autoregressive2d", "ar_taps", "BOUNDARIES"]
 
@@ -69,9 +72,41 @@ def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circ
     """
     _check_args(boundary, dilation)
     _check_tensors(x, alpha)
-    with torch.autocast(x.device.type, enabled=False):
-        solver = resolve_backend(x, alpha, backend, known_stable=reparam)
-        return ar_solve(x, alpha, boundary, reparam, dilation, solver)
+    with _autocast_disabled(x.device.type):
+        if not reparam and backend is None and _is_traced(x, alpha):
+            backend = "torch"  # raw taps' stability is data: a traced graph must solve any taps
+        return _solve(x, alpha, boundary, reparam, dilation, resolve_backend(x, alpha, backend, known_stable=reparam))
+
+
+def _autocast_disabled(device_type: str):
+    """Autocast off, on devices that have autocast (``meta`` has none: nothing to turn off)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _is_traced(x: torch.Tensor, taps: torch.Tensor) -> bool:
+    """Whether the solve's inputs have no values to look at (``torch.compile``/``torch.export``
+    tracing, fake tensors)."""
+    return torch.compiler.is_compiling() or is_fake(x) or is_fake(taps)
+
+
+def _solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
+           solver: str) -> torch.Tensor:
+    """The custom op, which keeps ``x``'s dtype and memory layout (TorchScript compiles this and
+    :meth:`AutoRegressive2d.forward`'s scripted branch)."""
+    return torch.ops.arma_plugin.ar_solve(x, alpha, boundary, reparam, dilation, solver)
+
+
+def _scripted_backend(x: torch.Tensor, taps: torch.Tensor, known_stable: bool, numba_installed: bool,
+                      triton_installed: bool) -> str:
+    """:func:`resolve_backend`'s automatic choice in TorchScript (no ``$ARMA_PLUGIN_BACKEND``)."""
+    if known_stable or taps_are_stable(taps):
+        if x.device.type == "cpu" and numba_installed:
+            return "numba"
+        if x.device.type == "cuda" and triton_installed:
+            return "triton"
+    return "torch"
 
 
 torch.fx.wrap("autoregressive2d")
@@ -85,6 +120,11 @@ class AutoRegressive2d(nn.Module):
     any ``nn`` module's factory arguments; after ``device="meta"`` construction and
     ``to_empty()``, :meth:`reset_parameters` restores the identity. See :func:`autoregressive2d`.
     """
+
+    # TorchScript can neither import nor read globals: the installed fast backends, as constants
+    __constants__ = ["numba_installed", "triton_installed"]
+    numba_installed = numba_available()
+    triton_installed = triton_available()
 
     def __init__(self, channels: int, ar_kernel_size: int = 3, boundary: str = "circular",
                  reparam: bool = True, dilation: int = 1, device=None, dtype=None) -> None:
@@ -106,6 +146,9 @@ class AutoRegressive2d(nn.Module):
         nn.init.zeros_(self.alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch; argument checks are eager
+            solver = _scripted_backend(x, self.alpha, self.reparam, self.numba_installed, self.triton_installed)
+            return _solve(x, self.alpha, self.boundary, self.reparam, self.dilation, solver)
         return autoregressive2d(x, self.alpha, self.boundary, self.reparam, self.dilation)
 
     def extra_repr(self) -> str:

@@ -55,7 +55,9 @@ class NonLocal2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"NonLocal2d({self.channels}) expects [B, {self.channels}, H, W], got {tuple(x.shape)}")
+            # str.format, not an f-string: TorchScript compiles this check
+            raise ValueError("NonLocal2d({}) expects [B, {}, H, W], got {}".format(
+                self.channels, self.channels, list(x.shape)))
         b, _, h, w = x.shape
         theta = self.theta(x).flatten(2).transpose(1, 2)  # [B, HW, C']
         phi = self.phi(x).flatten(2)  # [B, C', HW]
