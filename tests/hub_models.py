@@ -108,3 +108,14 @@ def rewrite_weights(directory: Path, edit, keep_metadata: bool = True) -> None:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     edit(tensors)
     safetensors.torch.save_file(tensors, path, metadata=metadata)
+
+
+def seeded_tiny_arma(seed: int) -> nn.Module:
+    """An armafied TinyNet whose weights and AR coefficients are drawn from ``seed``."""
+    torch.manual_seed(seed)
+    model = armafy(TinyNet())
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("alpha"):
+                parameter.normal_(0, 0.3)
+    return model.eval()

@@ -12,12 +12,14 @@ import torch
 import torch.nn as nn
 
 import arma_plugin.hub as hub
+import arma_plugin.hub.files
 import arma_plugin.hub.pretrained
 from arma_plugin import ARMAConfig, armafy, from_pretrained, push_to_hub, save_pretrained
 from arma_plugin.hub import (CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError,
                              IncompatibleCheckpointError, UnknownArchitectureError,
                              UnsafeCheckpointError)
-from hub_models import (TINY, TinyNet, copy_of, edit_config, rewrite_weights, states_equal,  # noqa: F401
+from arma_plugin.hub.files import LOCK_NAME
+from hub_models import (MODELS, TINY, TinyNet, copy_of, edit_config, rewrite_weights, states_equal,  # noqa: F401
                         tiny_checkpoint, trained_arma)
 
 
@@ -25,7 +27,7 @@ from hub_models import (TINY, TinyNet, copy_of, edit_config, rewrite_weights, st
 def test_round_trip_is_bit_exact(name, tmp_path):
     model, save_kwargs, x = trained_arma(name)
     directory = save_pretrained(model, tmp_path / name, **save_kwargs)
-    assert sorted(p.name for p in directory.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in directory.iterdir()) == [LOCK_NAME, "README.md", "config.json", "model.safetensors"]
 
     loaded = from_pretrained(directory)
 
@@ -87,7 +89,7 @@ def test_fake_hub_cache_offline(tiny_checkpoint, tmp_path, monkeypatch):
         requested.append((filename, kwargs["revision"]))
         return huggingface_hub.hf_hub_download(repo_id, filename, **kwargs)
 
-    monkeypatch.setattr(arma_plugin.hub.pretrained, "hf_hub_download", recording_download)
+    monkeypatch.setattr(arma_plugin.hub.files, "hf_hub_download", recording_download)
 
     for rev in (None, revision):
         requested.clear()
@@ -114,8 +116,8 @@ class FakeHfApi:
         self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok, self.token))
         return huggingface_hub.RepoUrl(f"https://huggingface.co/someone/{repo_id.split('/')[-1]}")
 
-    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message):
-        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message, ignore_patterns):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.name not in ignore_patterns}
         self.calls.append(("upload_folder", repo_id, repo_type, commit_message, files))
         return "commit-info"
 
@@ -267,7 +269,6 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
 
 @pytest.mark.parametrize("name", ["timm-test_resnet", "smp-unet", "factory-tinynet"])
 def test_unconverted_model_round_trips_as_the_plain_base(name, tmp_path):
-    from hub_models import MODELS
     build, save_kwargs, shape = MODELS[name]
     torch.manual_seed(0)
     model = build().eval()
@@ -282,3 +283,23 @@ def test_unconverted_model_round_trips_as_the_plain_base(name, tmp_path):
         assert torch.equal(loaded(x), model(x))
     card = (directory / "README.md").read_text()
     assert "without ARMA layers" in card and "## Conversion" not in card
+
+
+@pytest.mark.parametrize("source", ["./missing", "/no/such/arma/dir", "~/no-such-arma-dir", "out/runs/missing",
+                                    Path("missing"), "..\\missing"])
+def test_a_local_looking_path_is_never_sent_to_the_hub(source, monkeypatch, caplog):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+    monkeypatch.setattr(arma_plugin.hub.files, "hf_hub_download", no_hub)
+    with pytest.raises(CheckpointNotFoundError, match="no such local directory") as info:
+        from_pretrained(source)
+    assert info.value.path == str(Path(source).expanduser()) and not caplog.records
+
+
+def test_a_compiled_model_saves_as_the_model_it_wraps(tmp_path):
+    from safetensors import safe_open
+    model, save_kwargs, x = trained_arma("factory-tinynet")
+    directory = save_pretrained(torch.compile(model), tmp_path / "m", **save_kwargs)
+    with safe_open(directory / "model.safetensors", "pt") as f:
+        assert f.keys() and not [k for k in f.keys() if "_orig_mod" in k]
+    assert states_equal(from_pretrained(directory), model)

@@ -16,8 +16,9 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 
-import arma_plugin.hub.pretrained
+import arma_plugin.hub.files
 from arma_plugin.hub import factory
+from arma_plugin.hub.files import LOCK_NAME
 from arma_plugin import (CheckpointError, CheckpointMismatchError, CorruptCheckpointError,
                          UnknownArchitectureError, UnsafeCheckpointError, armafy, from_pretrained,
                          save_pretrained)
@@ -369,7 +370,7 @@ def test_interrupted_save_loads_old_or_new_or_fails(published, outcome, tmp_path
     new = from_pretrained(directory)
     with torch.no_grad():
         new.head.weight.add_(1.0)
-    real_replace = arma_plugin.hub.pretrained.os.replace
+    real_replace = arma_plugin.hub.files.os.replace
     calls = []
 
     def crashing_replace(src, dst):
@@ -378,7 +379,7 @@ def test_interrupted_save_loads_old_or_new_or_fails(published, outcome, tmp_path
         calls.append(dst)
         real_replace(src, dst)
 
-    monkeypatch.setattr(arma_plugin.hub.pretrained.os, "replace", crashing_replace)
+    monkeypatch.setattr(arma_plugin.hub.files.os, "replace", crashing_replace)
     if published < 3:
         with pytest.raises(KeyboardInterrupt):
             save_pretrained(new, directory, **save_kwargs)
@@ -386,7 +387,8 @@ def test_interrupted_save_loads_old_or_new_or_fails(published, outcome, tmp_path
         save_pretrained(new, directory, **save_kwargs)
     monkeypatch.undo()
 
-    assert sorted(p.name for p in directory.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in directory.iterdir()) == [LOCK_NAME, "README.md", "config.json",
+                                                           "model.safetensors"]
     if outcome == "refused":
         with pytest.raises(CorruptCheckpointError, match="model.safetensors: comes from another save"):
             from_pretrained(directory)
@@ -399,7 +401,8 @@ def test_save_keeps_other_files_of_the_directory(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "notes.txt").write_text("mine")
     save_pretrained(model, tmp_path / "m", model_card=False, **save_kwargs)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [LOCK_NAME, "config.json", "model.safetensors",
+                                                                  "notes.txt"]
 
 
 # --------------------------------------------------------------------------- content errors

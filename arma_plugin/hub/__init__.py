@@ -19,7 +19,8 @@ loads the weights strictly. Hub-style directories written by timm's ``save_for_h
 One concept per module: ``errors`` (the ``CheckpointError`` hierarchy), ``checkpoint_format``
 (file names and ``config.json``), ``base_spec`` (the base model and rebuilding it without
 fetching weights), ``factory`` (importing a model class without running a checkpoint's code),
-``weights`` (safetensors), ``card`` (the model card), ``pretrained`` (the three functions).
+``weights`` (safetensors), ``files`` (a local directory under its lock, or the Hub), ``card``
+(the model card), ``pretrained`` (the three functions).
 """
 from .checkpoint_format import FORMAT_VERSION
 from .errors import (CheckpointError, CheckpointMismatchError, CheckpointNotFoundError,

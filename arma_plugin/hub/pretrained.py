@@ -1,9 +1,9 @@
 """save_pretrained / from_pretrained / push_to_hub: an ARMA model to a directory or the Hub and back."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import tempfile
 from collections import abc
 from pathlib import Path
@@ -11,19 +11,19 @@ from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError
 
 from ..convert import ARMAConfig, ConversionReport, armafy
 from ..layers.autoregressive import AutoRegressive2d
 from ..layers.nonlocal_block import NonLocal2d
 from .base_spec import FACTORY, base_spec_from_library_config, base_spec_of, build_base
 from .card import build_model_card, check_card_fields
-from .checkpoint_format import (CARD_NAME, CONFIG_NAME, FORMAT_VERSION, PICKLE_SUFFIXES, SAVE_ID_KEY,
-                                WEIGHTS_NAME, new_save_id, package_version, parse_arma_config, read_config)
-from .errors import CheckpointMismatchError, CheckpointNotFoundError, UnsafeCheckpointError
+from .checkpoint_format import (CARD_NAME, CONFIG_NAME, FORMAT_VERSION, SAVE_ID_KEY, WEIGHTS_NAME,
+                                new_save_id, package_version, parse_arma_config, read_config)
+from .errors import CheckpointMismatchError
 from .factory import ImportPolicy
+from .files import LOCK_NAME, directory_lock, file_fetcher, publish_files
 from .weights import load_weights, read_weights, save_weights
 
 __all__ = ["save_pretrained", "from_pretrained", "push_to_hub"]
@@ -55,15 +55,19 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
             directory), ``license``, ``base_model``, ``tags``, ``datasets``, ``pipeline_tag``,
             ``metrics`` (a markdown string of *measured* results), ``description``.
 
-    Tied or shared parameters are stored once, as ``safetensors.torch.save_model`` does.
+    Tied or shared parameters are stored once, as ``safetensors.torch.save_model`` does. A
+    ``torch.compile``'d model is saved as the model it wraps (no ``_orig_mod.`` keys).
 
-    Interrupted saves: every file is first written in full under a temporary name, then renamed
-    into place (weights, config, card). ``config.json`` and ``model.safetensors`` carry the same
+    Interrupted and concurrent saves: every file is first written in full under a name unique
+    to this save, then renamed into place (weights, config, card) holding the directory's lock
+    (:mod:`arma_plugin.hub.files`). ``config.json`` and ``model.safetensors`` carry the same
     fresh save id, and :func:`from_pretrained` refuses a pair whose ids differ, so an interrupted
-    save loads as the previous model or the new one, or raises :class:`CorruptCheckpointError`:
-    never as a mix.
+    save loads as the previous model or the new one, or raises :class:`CorruptCheckpointError`,
+    and concurrent saves leave exactly one of the saved models: never a mix.
     Returns the directory.
     """
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+        model = model._orig_mod
     check_card_fields(card_fields)
     arma_config, report = _arma_attributes(model)
     spec = base_spec_of(model, model_factory, model_kwargs)
@@ -85,16 +89,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
         writers[CARD_NAME] = build_model_card(config, **{"repo_id": str(save_directory),
                                                          **card_fields}).save
     directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    staged = {name: directory / f".{name}.tmp" for name in writers}
-    try:
-        for name, write in writers.items():
-            write(staged[name])
-        for name, path in staged.items():  # weights first: see "Interrupted saves" above
-            os.replace(path, directory / name)
-    finally:
-        for path in staged.values():
-            path.unlink(missing_ok=True)
+    publish_files(directory, writers, config[SAVE_ID_KEY])
     return directory
 
 
@@ -115,7 +110,7 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None,
     with tempfile.TemporaryDirectory(prefix="arma-plugin-push-") as tmp:
         save_pretrained(model, tmp, **save_kwargs)
         return api.upload_folder(repo_id=full_id, folder_path=tmp, repo_type="model",
-                                 commit_message=commit_message)
+                                 commit_message=commit_message, ignore_patterns=[LOCK_NAME])
 
 
 def _arma_attributes(model: nn.Module) -> tuple[ARMAConfig | None, ConversionReport | None]:
@@ -180,10 +175,14 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
     if trusted is None or not all(isinstance(name, str) for name in trusted):
         raise ValueError(f"from_pretrained: trust_factories must be a list of package names, "
                          f"got {trust_factories!r}")
-    fetch = _file_fetcher(repo_id_or_path, revision=revision, cache_dir=cache_dir,
-                          local_files_only=local_files_only, token=token)
-    config_path = fetch(CONFIG_NAME)
-    config = read_config(config_path)
+    fetch, local_directory = file_fetcher(repo_id_or_path, revision=revision, cache_dir=cache_dir,
+                                          local_files_only=local_files_only, token=token)
+    with (directory_lock(local_directory, "from_pretrained", required=False) if local_directory
+          else contextlib.nullcontext()):
+        config_path = fetch(CONFIG_NAME)
+        config = read_config(config_path)
+        weights_path = fetch(WEIGHTS_NAME)
+        tensors = read_weights(weights_path, None if armafy_base else config.get(SAVE_ID_KEY))
     policy = ImportPolicy.for_checkpoint(Path(config_path).parent,
                                          cache_dir or hf_constants.HF_HUB_CACHE, trusted)
     if armafy_base:  # load the base's own weights, then armafy
@@ -198,57 +197,7 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
             except (TypeError, ValueError) as err:
                 raise CheckpointMismatchError(config_path, f"its 'arma_config' does not fit the "
                                                            f"rebuilt base model: {err}") from err
-    weights_path = fetch(WEIGHTS_NAME)
-    load_weights(model, read_weights(weights_path, None if armafy_base else config[SAVE_ID_KEY]),
-                 weights_path,
-                 spec, overrides, strict=strict)
+    load_weights(model, tensors, weights_path, spec, overrides, strict=strict)
     if armafy_base:
         model = armafy(model, arma_config or ARMAConfig(), inplace=True)
     return model.to(map_location).eval()
-
-
-def _file_fetcher(repo_id_or_path: str | os.PathLike, **hub_kwargs: Any):
-    """``fetch(filename) -> local path`` for a directory or a Hub repo, refusing pickles."""
-    source = Path(repo_id_or_path)
-    if source.is_file():
-        if source.suffix in PICKLE_SUFFIXES:
-            raise UnsafeCheckpointError(source, _PICKLE_REFUSAL)
-        raise CheckpointNotFoundError(source, "is a file; pass the directory that holds "
-                                              f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-    if source.is_dir():
-        def fetch_local(filename: str) -> str:
-            path = source / filename
-            if path.is_file():
-                return str(path)
-            if filename == WEIGHTS_NAME:
-                pickles = sorted(p.name for p in source.iterdir() if p.suffix in PICKLE_SUFFIXES)
-                if pickles:
-                    raise UnsafeCheckpointError(source / pickles[0], _PICKLE_REFUSAL)
-            raise CheckpointNotFoundError(path, "missing")
-        return fetch_local
-
-    repo_id = str(repo_id_or_path)
-
-    def fetch_hub(filename: str) -> str:
-        try:
-            path = hf_hub_download(repo_id, filename, library_name="arma-plugin",
-                                   library_version=package_version(), **hub_kwargs)
-        except HFValidationError as err:
-            raise CheckpointNotFoundError(repo_id, "is neither a local directory nor a valid Hub "
-                                                   f"repo id ({err})") from err
-        except (EntryNotFoundError, HfHubHTTPError, OSError) as err:
-            hint = (f"; arma-plugin reads only {WEIGHTS_NAME} (pickle checkpoints are refused)"
-                    if filename == WEIGHTS_NAME else "")
-            raise CheckpointNotFoundError(f"{repo_id}/{filename}", "not a local directory, and not "
-                                          f"found on the Hub or in its cache{hint} "
-                                          f"({type(err).__name__}: {err})") from err
-        # later files come from the same commit, even if the repo is pushed to in between
-        snapshot = Path(path).parent.name
-        if re.fullmatch(r"[0-9a-f]{40}", snapshot):
-            hub_kwargs["revision"] = snapshot
-        return path
-    return fetch_hub
-
-
-_PICKLE_REFUSAL = (f"pickle checkpoints are refused: unpickling can run arbitrary code. Convert it "
-                   f"once, in a trusted environment, to {WEIGHTS_NAME} (safetensors.torch.save_file)")
