@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import safetensors.torch
 import segmentation_models_pytorch as smp
@@ -119,3 +120,21 @@ def seeded_tiny_arma(seed: int) -> nn.Module:
             if name.endswith("alpha"):
                 parameter.normal_(0, 0.3)
     return model.eval()
+
+
+class FakeHfApi:
+    """Stands in for ``huggingface_hub.HfApi``: records what would be created and uploaded."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, *, repo_type, private, exist_ok):
+        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok, self.token))
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/someone/{repo_id.split('/')[-1]}")
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message, ignore_patterns):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.name not in ignore_patterns}
+        self.calls.append(("upload_folder", repo_id, repo_type, commit_message, files))
+        return "commit-info"

@@ -19,8 +19,8 @@ from arma_plugin.hub import (CheckpointMismatchError, CheckpointNotFoundError, C
                              IncompatibleCheckpointError, UnknownArchitectureError,
                              UnsafeCheckpointError)
 from arma_plugin.hub.files import LOCK_NAME
-from hub_models import (MODELS, TINY, TinyNet, copy_of, edit_config, rewrite_weights, states_equal,  # noqa: F401
-                        tiny_checkpoint, trained_arma)
+from hub_models import (MODELS, TINY, FakeHfApi, TinyNet, copy_of, edit_config, rewrite_weights,  # noqa: F401
+                        states_equal, tiny_checkpoint, trained_arma)
 
 
 @pytest.mark.parametrize("name", ["timm-resnet18", "smp-unet", "factory-tinynet", "factory-tied"])
@@ -102,24 +102,6 @@ def test_fake_hub_cache_offline(tiny_checkpoint, tmp_path, monkeypatch):
     (repo / "snapshots" / revision / "model.safetensors").unlink()
     with pytest.raises(CheckpointNotFoundError, match="arma-tiny/model.safetensors.*reads only model.safetensors"):
         from_pretrained("someone/arma-tiny", cache_dir=tmp_path / "cache")
-
-
-class FakeHfApi:
-    """Stands in for ``huggingface_hub.HfApi``: records what would be created and uploaded."""
-
-    calls: list = []
-
-    def __init__(self, token=None):
-        self.token = token
-
-    def create_repo(self, repo_id, *, repo_type, private, exist_ok):
-        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok, self.token))
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/someone/{repo_id.split('/')[-1]}")
-
-    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message, ignore_patterns):
-        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.name not in ignore_patterns}
-        self.calls.append(("upload_folder", repo_id, repo_type, commit_message, files))
-        return "commit-info"
 
 
 def test_push_to_hub_uploads_the_three_files(tiny_checkpoint, monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ from huggingface_hub import HfApi
 from huggingface_hub import constants as hf_constants
 
 from ..convert import ARMAConfig, ConversionReport, armafy
+from ..convert.save_methods import register_save_methods
 from ..layers.autoregressive import AutoRegressive2d
 from ..layers.nonlocal_block import NonLocal2d
 from .base_spec import FACTORY, base_spec_from_library_config, base_spec_of, build_base
@@ -201,3 +202,6 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
     if armafy_base:
         model = armafy(model, arma_config or ARMAConfig(), inplace=True)
     return model.to(map_location).eval()
+
+
+register_save_methods(save_pretrained=save_pretrained, push_to_hub=push_to_hub)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Mapping
 
 import safetensors.torch
@@ -21,6 +22,9 @@ from .errors import CheckpointMismatchError, CorruptCheckpointError
 __all__ = ["save_weights", "read_weights", "load_weights"]
 
 _logger = logging.getLogger(__name__)
+# The state-dict keys of armafy's AR parameters: "<conv>.ar.alpha" (module mode) and
+# "<conv>_ar.alpha", "<conv>_ar_1.alpha", ... (graph mode).
+_AR_KEY = re.compile(r"(?:(?:^|\.)ar|_ar(?:_\d+)?)\.alpha$")
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, save_id: str) -> None:
@@ -92,6 +96,13 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], weights_
         reheaded += [k for k in missing + unexpected if k.startswith(fresh_head)]
         missing = [k for k in missing if not k.startswith(fresh_head)]
         unexpected = [k for k in unexpected if not k.startswith(fresh_head)]
+    dropped_ar = [k for k in unexpected if _AR_KEY.search(k)]
+    if dropped_ar:  # refused even with strict=False: the model would lose its ARMA layers
+        raise CheckpointMismatchError(weights_path, f"holds AR weights that the model rebuilt from "
+                                      f"{CONFIG_NAME} has no layer for: {dropped_ar[:5]} ({len(dropped_ar)}). "
+                                      "A timm/SMP checkpoint written by the library's own save of an "
+                                      "armafied model does not record how its AR layers were made; save "
+                                      "such a model with arma_plugin.save_pretrained(model, directory)")
     if strict and (missing or unexpected):
         raise CheckpointMismatchError(weights_path, f"keys do not match the model rebuilt from "
                                       f"{CONFIG_NAME}: missing {missing[:5]} ({len(missing)}), "
