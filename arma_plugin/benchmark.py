@@ -20,9 +20,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .cli import OneLineErrorParser
 from .reference import released_autoregressive2d
 from .table import format_table
+from .usage import OneLineErrorParser
 from .validation import positive_int
 from .layers.ar_solve_op import numba_available
 from .layers.autoregressive import autoregressive2d

@@ -7,10 +7,11 @@
     arma-plugin erf --models timm:resnet18 out/resnet18-arma --input-size 3 64 64 --out erf.png
     arma-plugin bench [benchmark options]
 
-Mistakes in what the user typed (unknown model, missing path, bad number, a broken
-checkpoint) end with one line on stderr and exit code 2, never a traceback. They are
-recognised where the input is read and raised as :class:`UsageError`; any other exception
-is a bug and keeps its traceback.
+Mistakes in what the user typed (unknown model, missing or unwritable path, bad number, a
+config that does not fit the model, a broken checkpoint, weights that cannot be downloaded)
+end with one line on stderr and exit code 2, never a traceback. They are recognised where
+the input is read, before any work is done where possible, and raised as
+:class:`~arma_plugin.usage.UsageError`; any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -19,70 +20,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 import torch.nn as nn
 
+from . import __version__
 from .table import format_table
+from .model_specs import MODEL_SPEC_HELP, build_model
+from .usage import USAGE_ERROR, OneLineErrorParser, UsageError, one_line, writable_path
 from .validation import positive_int
-
-USAGE_ERROR = 2
-MODEL_SPEC_HELP = ("timm:NAME (e.g. timm:vgg11), smp:ARCH/ENCODER (e.g. smp:Unet/resnet18), "
-                   "or a checkpoint directory / Hub repo id written by save_pretrained")
-
-
-class UsageError(Exception):
-    """A mistake in the command line: reported as one line, exit code 2."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line on stderr (no usage block), exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# --------------------------------------------------------------------------- models
-def build_model(spec: str, *, pretrained: bool = False, num_classes: int | None = None,
-                trust_factories: Sequence[str] = ()) -> nn.Module:
-    """A model from ``timm:NAME``, ``smp:ARCH/ENCODER`` or a ``save_pretrained`` directory / Hub id
-    (``trust_factories``: see :func:`~arma_plugin.from_pretrained`)."""
-    library, sep, name = spec.partition(":")
-    if sep and library == "timm":
-        import timm
-
-        if not timm.is_model(name):
-            raise UsageError(f"unknown timm model {name!r} (list them with timm.list_models())")
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    if sep and library == "smp":
-        import segmentation_models_pytorch as smp
-
-        arch, slash, encoder = name.partition("/")
-        model_class = getattr(smp, arch, None)
-        if not slash or not encoder or not (isinstance(model_class, type)
-                                            and issubclass(model_class, smp.base.SegmentationModel)):
-            raise UsageError(f"smp model must look like smp:ARCH/ENCODER with ARCH an SMP architecture "
-                             f"(Unet, FPN, DeepLabV3, ...), got {spec!r}")
-        kwargs = {} if num_classes is None else {"classes": num_classes}
-        try:
-            return model_class(encoder_name=encoder, encoder_weights="imagenet" if pretrained else None, **kwargs)
-        except (KeyError, ValueError) as err:
-            raise UsageError(f"cannot build {spec}: {err}") from err
-    from .hub import from_pretrained
-
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
-    if looks_like_path and not Path(spec).expanduser().is_dir():
-        raise UsageError(f"no checkpoint directory {spec!r}; a model is {MODEL_SPEC_HELP}")
-    if num_classes is not None or pretrained:
-        raise UsageError(f"--num-classes and --pretrained apply to timm:/smp: models, not to checkpoint {spec!r}")
-    from .hub import CheckpointError
-
-    try:
-        return from_pretrained(Path(spec).expanduser() if looks_like_path else spec, trust_factories=trust_factories)
-    except CheckpointError as err:  # a missing or broken checkpoint is the user's input, not a bug
-        raise UsageError(str(err)) from err
 
 
 class _FeatureMap(nn.Module):
@@ -108,9 +54,14 @@ def _arma_config(args: argparse.Namespace):
              "target_modules": args.target_modules, "exclude_modules": args.exclude_modules,
              "include_pointwise": args.include_pointwise, "mode": args.mode}
     try:
-        return ARMAConfig.from_dict({**data, **{k: v for k, v in flags.items() if v is not None}})
+        config = ARMAConfig.from_dict({**data, **{k: v for k, v in flags.items() if v is not None}})
     except ValueError as err:  # ARMAConfig names the field and the allowed values
         raise UsageError(str(err)) from err
+    if config.mode == "graph":
+        source = "--mode graph" if args.mode == "graph" else "mode 'graph' in --config"
+        raise UsageError(f"{source}: armafy would return a torch.fx.GraphModule, which save_pretrained cannot "
+                         "rebuild, and convert saves a checkpoint; use mode 'module' (the default)")
+    return config
 
 
 def _config_json(config: str) -> dict:
@@ -138,24 +89,37 @@ def _config_json(config: str) -> dict:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from .convert import armafy
-    from .hub import save_pretrained
+    from .convert.config import ConfigMismatchError
+    from .hub import CheckpointError, save_pretrained
+    from .hub.checkpoint_format import CONFIG_NAME, WEIGHTS_NAME
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out!r} is an existing file; give a directory (created if missing)")
+    out = writable_path(args.out, "--out", directory=True)
+    existing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"--out {args.out!r} already holds a checkpoint ({', '.join(existing)}); pass --overwrite "
+                         "to replace it, or give another directory")
     config = _arma_config(args)
     model = build_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes)
-    model, report = armafy(model, config, inplace=True, return_report=True)
+    try:
+        model, report = armafy(model, config, inplace=True, return_report=True)
+    except ConfigMismatchError as err:  # the config names modules this model does not have
+        raise UsageError(f"the ARMA config does not fit {args.model}: {err}") from err
     print(report.summary())
     print(f"config: {json.dumps(config.to_dict())}")
-    out = save_pretrained(model, args.out)
-    print(f"saved to {out}")
+    try:
+        saved = save_pretrained(model, out)
+    except (OSError, CheckpointError) as err:  # the disk or the folder, not the model
+        raise UsageError(f"--out {args.out!r}: the checkpoint could not be written: {err}") from err
+    print(f"saved to {saved}" + (" (the checkpoint that was there is replaced)" if existing else ""))
 
 
 # --------------------------------------------------------------------------- inspect
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .erf import ar_coefficients, ar_layer_summaries
 
+    if args.per_layer and args.plot is None:
+        raise UsageError("--per-layer says how --plot draws the taps; give --plot FIG.png as well")
+    plot = None if args.plot is None else writable_path(args.plot, "--plot", directory=False)
     model = build_model(args.path, trust_factories=args.trust_factories)
     print(f"model: {type(model).__module__}.{type(model).__qualname__}")
     config, report = getattr(model, "arma_config", None), getattr(model, "arma_report", None)
@@ -172,15 +136,24 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(format_table(["layer", "channels", "Q", "mean abs tap", "max abs tap", "radius H", "radius W"],
                         [(s.name, s.channels, s.factors, s.mean_abs_tap, s.max_abs_tap, s.radius_h, s.radius_w)
                          for s in summaries]))
-    if args.plot is not None:
-        from .plots import plot_ar_histogram
+    if plot is not None:
+        from .plots import plot_ar_histogram, plot_ar_layer_histograms
 
         taps = ar_coefficients(model)
-        coefficients = taps if args.per_layer else {str(args.path): torch.cat([t.flatten() for t in taps.values()])}
-        print(f"\nFig. 6 histogram written to {plot_ar_histogram(coefficients, args.plot)}")
+        if args.per_layer:
+            plot_ar_layer_histograms(taps, plot, title=f"AR coefficients per layer: {args.path}")
+        else:
+            plot_ar_histogram({str(args.path): torch.cat([t.flatten() for t in taps.values()])}, plot)
+        print(f"\nFig. 6 histogram written to {plot}")
 
 
 # --------------------------------------------------------------------------- erf
+# Thm 3's maps hold all but a tail of the ERF's mass; a coefficient near 1 or many wide layers
+# make them long. Beyond these sizes the figure (2-D) or the table (1-D) would take minutes.
+ERF_FIGURE_MAX_SIDE = 2048
+ERF_TABLE_MAX_LENGTH = 1 << 20
+
+
 def cmd_erf(args: argparse.Namespace) -> None:
     if args.models:
         if args.table or args.json:
@@ -188,6 +161,10 @@ def cmd_erf(args: argparse.Namespace) -> None:
                              "radii of the models are printed anyway")
         _erf_of_models(args)
         return
+    if args.out is None and not (args.table or args.json):
+        raise UsageError("nothing to do: give --out FIG.png and/or --table/--json")
+    out = None if args.out is None else writable_path(args.out, "--out", directory=False)
+    _check_theorem3_sizes(args)
     from .erf import radius_table
 
     if args.table or args.json:
@@ -198,33 +175,70 @@ def cmd_erf(args: argparse.Namespace) -> None:
             print(format_table(["d", "L", "a", "measured r", "Thm 3 r", "rel. error"],
                                 [(r["dilation"], r["layers"], r["ar_coeff"], r["measured"], r["theoretical"],
                                   f"{r['rel_error']:.1e}") for r in rows]))
-    if args.out is not None:
+    if out is not None:
         from .plots import plot_erf_grid
 
         for d in args.dilations:
-            path = Path(args.out) if len(args.dilations) == 1 else Path(args.out).with_stem(f"{Path(args.out).stem}_d{d}")
+            path = out if len(args.dilations) == 1 else out.with_stem(f"{out.stem}_d{d}")
             plot_erf_grid(args.layers, args.coeffs, path, kernel_size=args.kernel_size, dilation=d)
             print(f"Fig. 3 written to {path}")
-    if args.out is None and not (args.table or args.json):
-        raise UsageError("nothing to do: give --out FIG.png and/or --table/--json")
+
+
+def _check_theorem3_sizes(args: argparse.Namespace) -> None:
+    """Refuse a grid whose largest ERF map exceeds the size limits, before any is computed."""
+    from .erf import support_length
+    from .plots import ERF_GRID_TAIL
+
+    limits = [({}, ERF_TABLE_MAX_LENGTH, "--table/--json")] if args.table or args.json else []
+    if args.out is not None:
+        limits.append(({"tail": ERF_GRID_TAIL}, ERF_FIGURE_MAX_SIDE, "--out"))
+    for tail, limit, flag in limits:
+        length, layers, a, d = max((support_length(n, args.kernel_size, d, a, **tail), n, a, d)
+                                   for n in args.layers for a in args.coeffs for d in args.dilations)
+        if length > limit:
+            raise UsageError(f"--layers {layers} --coeffs {a:g} --kernel-size {args.kernel_size} --dilations {d}: "
+                             f"the ERF map for {flag} would be {length} pixels long, more than {limit}; "
+                             "give a smaller coefficient, fewer layers or a smaller kernel/dilation")
 
 
 def _erf_of_models(args: argparse.Namespace) -> None:
     from .erf import erf_map, erf_radius
 
+    out = None if args.out is None else writable_path(args.out, "--out", directory=False)
     erfs = {}
     for spec in args.models:
         model = build_model(spec, pretrained=args.pretrained, trust_factories=args.trust_factories)
         if hasattr(model, "forward_features"):
             model = _FeatureMap(model)
+        _check_feature_map(model, spec, args.input_size)
         erfs[spec] = erf_map(model, args.input_size, n_samples=args.samples)
     print(format_table(["model", "r (eq. 3)", "r (about mean)"],
                         [(spec, erf_radius(e), erf_radius(e, about="mean")) for spec, e in erfs.items()]))
-    if args.out is not None:
+    if out is not None:
         from .plots import plot_erf_comparison
 
-        plot_erf_comparison(erfs, args.out)
-        print(f"ERF maps written to {args.out}")
+        plot_erf_comparison(erfs, out)
+        print(f"ERF maps written to {out}")
+
+
+def _check_feature_map(model: nn.Module, spec: str, input_size: Sequence[int]) -> None:
+    """One eval-mode forward of a zero input of ``--input-size``: the model must accept it and
+    return a ``[B, C, H, W]`` feature map, or the size (channels, too small a map) is refused."""
+    param = next(model.parameters(), None)
+    like = {} if param is None else {"dtype": param.dtype, "device": param.device}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_size, **like))
+    except RuntimeError as err:  # torch's shape checks: wrong channel count, map smaller than a kernel
+        size = " ".join(map(str, input_size))
+        raise UsageError(f"{spec} cannot run on --input-size {size} (C H W): {err}") from err
+    finally:
+        model.train(was_training)
+    if not (isinstance(out, torch.Tensor) and out.dim() == 4):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"{spec} returns {shape}, not a [B, C, H, W] feature map, so it has no ERF to draw")
 
 
 # --------------------------------------------------------------------------- bench
@@ -257,6 +271,7 @@ def _add_trust_factories(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="arma-plugin", description="ARMA layers (Su et al., NeurIPS 2020) for timm and SMP models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,inspect,erf,bench}")
 
     convert = sub.add_parser("convert", help="create a timm/SMP model, armafy it, save_pretrained",
@@ -264,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "report and save it with save_pretrained. Flags override --config.")
     convert.add_argument("model", help="timm:NAME or smp:ARCH/ENCODER")
     convert.add_argument("--out", required=True, help="directory to write model.safetensors, config.json, README.md")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace the checkpoint --out already holds (refused without this flag)")
     convert.add_argument("--config", help="ARMAConfig as a JSON file or an inline JSON object")
     convert.add_argument("--ar-kernel-size", type=int, help="AR filter size 2Q+1 (3, 5, ...)")
     convert.add_argument("--boundary", choices=("circular", "zeros"))
@@ -272,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--target-modules", nargs="+", help="convert only these convs (names or name suffixes)")
     convert.add_argument("--exclude-modules", nargs="+", help="leave these convs alone")
     convert.add_argument("--include-pointwise", action="store_true", default=None, help="also convert 1x1 convs")
-    convert.add_argument("--mode", choices=("module", "graph"))
+    convert.add_argument("--mode", choices=("module", "graph"),
+                         help="ARMAConfig.mode; 'graph' is refused: a torch.fx.GraphModule cannot be saved")
     convert.add_argument("--pretrained", action="store_true", help="download pretrained weights (default: random init)")
     convert.add_argument("--num-classes", type=positive_int, help="head size (timm num_classes, SMP classes)")
     convert.set_defaults(run=cmd_convert)
@@ -282,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "implied 1-D ERF radius) of a save_pretrained checkpoint.")
     inspect.add_argument("path", help="checkpoint directory or Hub repo id")
     inspect.add_argument("--plot", type=_png_path, help="write the Fig. 6 histogram of AR coefficients to this PNG")
-    inspect.add_argument("--per-layer", action="store_true", help="one histogram outline per layer instead of pooled")
+    inspect.add_argument("--per-layer", action="store_true", help="one histogram per layer (rows of a heat map) instead of pooled")
     _add_trust_factories(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
@@ -318,12 +336,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command="bench", run=cmd_bench, bench_args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()  # an unreachable Hub is reported once, not as a warning per retry
     try:
         status = args.run(args) or 0
     except UsageError as err:
-        message = " ".join(str(err).split())  # one line, whatever the exception's layout
-        print(f"arma-plugin {args.command}: error: {message}", file=sys.stderr)
+        print(f"arma-plugin {args.command}: error: {one_line(err)}", file=sys.stderr)
         return USAGE_ERROR
+    finally:
+        hub_logging.set_verbosity(verbosity)
     return status
 
 

@@ -36,3 +36,16 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, message):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.strip() == f"arma-plugin bench: error: {message} (see arma-plugin bench --help)"
+
+
+def test_benchmark_does_not_import_the_command_line():
+    """``arma-plugin bench`` runs this module, so it must sit below ``cli`` (no import cycle)."""
+    import ast
+    from pathlib import Path
+
+    import arma_plugin.benchmark
+
+    tree = ast.parse(Path(arma_plugin.benchmark.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not imported & {"cli", "arma_plugin.cli"}

@@ -175,6 +175,12 @@ def test_erf_of_models_side_by_side(checkpoint, tmp_path, capsys):
     (["erf", "--models", "timm:test_resnet", "--input-size", "3", "32"], "--input-size"),
     (["erf", "--models", "timm:test_resnet", "--table"], "--table"),
     (["frobnicate"], "invalid choice"),
+    (["inspect", "x", "--per-layer"], "--per-layer says how --plot draws"),
+    (["erf", "--coeffs", "0.9999", "--layers", "5", "--out", "fig3.png"], "would be 690756 pixels long, more than 2048"),
+    (["erf", "--coeffs", "0.99999", "--table"], "more than 1048576"),
+    (["convert", "timm:test_resnet", "--out", "x", "--mode", "graph"], "--mode graph: armafy would return a torch.fx"),
+    (["convert", "timm:test_resnet", "--out", "x", "--config", '{"mode": "graph"}'], "mode 'graph' in --config"),
+    (["convert", "timm:test_resnet", "--out", ""], "--out is empty"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, argv, message):
     code, _, err = run_main(capsys, *argv)
@@ -228,3 +234,111 @@ def test_errors_from_inside_keep_their_traceback(monkeypatch, capsys, error):
     monkeypatch.setattr(arma_plugin.convert, "armafy", broken_armafy)
     with pytest.raises(type(error), match=str(error)):
         main(["convert", "timm:test_resnet", "--out", "unused"])
+
+
+def assert_one_line_usage_error(code: int, err: str, message: str) -> None:
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_version(capsys):
+    import arma_plugin
+
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and out.strip() == f"arma-plugin {arma_plugin.__version__}"
+
+
+@pytest.mark.parametrize("out, message", [
+    ("/proc/no/such/dir", "cannot be written: creating anything in '/proc' fails"),
+    ("{file}/sub", "is a file, so nothing can be created under it"),
+    ("{file}", "is an existing file"),
+])
+def test_convert_refuses_an_unwritable_out_before_building(tmp_path, capsys, monkeypatch, out, message):
+    import arma_plugin.cli
+
+    file = tmp_path / "file"
+    file.write_text("not a directory")
+    monkeypatch.setattr(arma_plugin.cli, "build_model", lambda *a, **k: pytest.fail("model built before --out was checked"))
+    code, _, err = run_main(capsys, "convert", "timm:test_resnet", "--out", out.format(file=file))
+    assert_one_line_usage_error(code, err, message)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["inspect", "x", "--plot", "/proc/no/such/fig.png"], "--plot '/proc/no/such/fig.png' cannot be written"),
+    (["erf", "--layers", "1", "--out", "/proc/no/such/fig.png"], "--out '/proc/no/such/fig.png' cannot be written"),
+    (["erf", "--models", "timm:test_resnet", "--out", "/proc/no/such/fig.png"], "cannot be written"),
+])
+def test_figures_refuse_an_unwritable_path_before_any_work(capsys, monkeypatch, argv, message):
+    import arma_plugin.cli
+
+    monkeypatch.setattr(arma_plugin.cli, "build_model", lambda *a, **k: pytest.fail("model built before the path"))
+    code, _, err = run_main(capsys, *argv)
+    assert_one_line_usage_error(code, err, message)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-modules", "nosuchconv"], "target_modules entries ['nosuchconv'] match no 2-D conv"),
+    (["--config", '{"nonlocal_after": ["nope"]}'], "nonlocal_after names 'nope', which is not a module"),
+    (["--config", '{"nonlocal_after": ["fc"]}'], "nonlocal_after module 'fc' must output one [B, C, H, W]"),
+])
+def test_config_that_does_not_fit_the_model_is_a_usage_error(tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, "convert", "timm:test_resnet", "--out", str(out), *flags)
+    assert_one_line_usage_error(code, err, "the ARMA config does not fit timm:test_resnet: " + message)
+    assert not out.exists()
+
+
+def test_erf_input_size_the_model_cannot_take_is_a_usage_error(capsys):
+    code, _, err = run_main(capsys, "erf", "--models", "timm:test_resnet", "--input-size", "1", "16", "16")
+    assert_one_line_usage_error(code, err, "timm:test_resnet cannot run on --input-size 1 16 16 (C H W)")
+    assert "to have 3 channels" in err
+
+
+@pytest.mark.parametrize("spec", ["timm:test_resnet", "smp:Unet/resnet18"])
+def test_pretrained_while_offline_is_one_line(tmp_path, capsys, monkeypatch, spec):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    code, _, err = run_main(capsys, "convert", spec, "--pretrained", "--out", str(tmp_path / "out"))
+    assert_one_line_usage_error(code, err, f"--pretrained: cannot download the weights of {spec}")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("out/missing", "no checkpoint directory 'out/missing'"),  # its first part is a local folder
+    ("./missing", "no checkpoint directory './missing'"),
+    ("~/no-such-arma-checkpoint", "no checkpoint directory '~/no-such-arma-checkpoint'"),
+    ("a/b/c", "no checkpoint directory 'a/b/c'"),
+    ("bad name/x", "neither a checkpoint directory nor a Hub repo id"),
+    ("resnet18", "a bare name is not a model (did you mean timm:resnet18?)"),
+    ("Unet", "(did you mean smp:Unet/ENCODER, e.g. smp:Unet/resnet18?)"),
+    ("no_such_thing", "'no_such_thing' is no checkpoint directory, and a bare name is not a model; a model is timm:"),
+    ("tim:resnet18", "unknown model library 'tim' in 'tim:resnet18'"),
+])
+def test_local_paths_and_bare_names_never_reach_the_hub(tmp_path, capsys, monkeypatch, spec, message):
+    import arma_plugin.hub
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(arma_plugin.hub, "from_pretrained", lambda *a, **k: pytest.fail(f"{spec!r} sent to the Hub"))
+    for argv in (["inspect", spec], ["convert", spec, "--out", "converted"]):
+        code, _, err = run_main(capsys, *argv)
+        assert_one_line_usage_error(code, err, message)
+
+
+def test_convert_refuses_to_replace_a_checkpoint_without_overwrite(checkpoint, tmp_path, capsys):
+    import shutil
+
+    target = tmp_path / "target"
+    shutil.copytree(checkpoint, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    code, _, err = run_main(capsys, "convert", "timm:test_resnet", "--out", str(target))
+    assert_one_line_usage_error(code, err, "already holds a checkpoint (config.json, model.safetensors); "
+                                           "pass --overwrite")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+    code, out, err = run_main(capsys, "convert", "timm:test_resnet", "--out", str(target), "--overwrite",
+                              "--ar-kernel-size", "3")
+    assert code == 0, err
+    assert "the checkpoint that was there is replaced" in out
+    assert json.loads((target / "config.json").read_text())["arma_config"]["ar_kernel_size"] == 3
