@@ -24,6 +24,7 @@ from .dispatch import convert_conv
 from .graph import graph_convert
 from .nonlocal_insertion import insert_nonlocal_modules, insert_nonlocal_nodes, nonlocal_channels
 from .report import ConversionReport, ConvStatus, SkipReason
+from .save_methods import route_save_methods
 from .tracing import ARMATracer, trace_model
 
 
@@ -105,6 +106,7 @@ def armafy(model: nn.Module, config: ARMAConfig | None = None, *, inplace: bool 
     if report.changed or not hasattr(model, "arma_config"):
         model.arma_config = config
         model.arma_report = report
+        route_save_methods(model)  # the model's own save_pretrained/push_to_hub keep the AR layers
     return (model, report) if return_report else model
 
 
