@@ -162,27 +162,27 @@ def test_bad_command_lines(argv, error, match, tmp_path):
 
 def test_presets_set_the_defaults_and_flags_win():
     quick = moving_mnist.parse_args([])
-    assert quick.seeds == [0, 1, 2] and quick.speeds == [3] and quick.parallel_runs == 2
+    assert quick.seeds == [0, 1, 2, 3, 4, 5] and quick.speeds == [3] and quick.parallel_runs == 2
     assert moving_mnist.parse_args(["--seed", "4"]).seeds is None  # one explicit seed replaces the list
     paper = moving_mnist.parse_args(["--preset", "paper", "--epochs", "3"])
     assert (paper.frame_size, paper.hidden_channels, paper.epochs, paper.parallel_runs) == (64, [32] * 4, 3, 1)
 
 
 @pytest.mark.parametrize("arma, baseline, holds", [
-    ([15.2, 15.4, 15.3], [15.0, 15.1, 15.05], True),  # d = 0.2, 0.3, 0.25: mean 0.25 > 2 SE = 0.058
-    ([15.2, 14.9, 15.3], [15.0, 15.1, 15.05], False),  # d = 0.2, -0.2, 0.25: mean 0.083 < 2 SE = 0.286
-    ([15.0, 15.1, 15.05], [15.2, 15.4, 15.3], False),  # baseline ahead
+    ([15.2, 15.4, 15.3, 15.25, 15.35], [15.0, 15.1, 15.05, 15.0, 15.1], True),  # mean d 0.25 > 2 SE 0.032
+    ([15.2, 14.9, 15.3, 15.0, 15.3], [15.0, 15.1, 15.05, 15.0, 15.1], False),  # mean d 0.09 < 2 SE 0.169
+    ([15.0, 15.1, 15.05, 15.0, 15.1], [15.2, 15.4, 15.3, 15.25, 15.35], False),  # baseline ahead
 ])
 def test_paired_criterion(arma, baseline, holds):
     result = moving_mnist.paired_criterion(arma, baseline)
     d = np.subtract(arma, baseline)
-    np.testing.assert_allclose(result["threshold"], 2 * d.std(ddof=1) / np.sqrt(3), rtol=1e-12)  # float64 rounding
+    np.testing.assert_allclose(result["threshold"], 2 * d.std(ddof=1) / np.sqrt(5), rtol=1e-12)  # float64 rounding
     assert result["holds"] is holds and ("HOLDS" if holds else "DOES NOT HOLD") in result["verdict"]
 
 
-def test_paired_criterion_needs_three_seeds():
-    result = moving_mnist.paired_criterion([15.5, 15.6], [15.0, 15.1])
-    assert result["holds"] is None and "needs >= 3" in result["verdict"]
+def test_paired_criterion_needs_five_seeds():
+    result = moving_mnist.paired_criterion([15.5, 15.6, 15.7, 15.6], [15.0, 15.1, 15.2, 15.1])
+    assert result["holds"] is None and "needs >= 5" in result["verdict"]
 
 
 def test_trivial_predictors():
@@ -200,12 +200,12 @@ ROW = "| {:<24} |"
 
 def test_tiny_end_to_end(tmp_path):
     out = moving_mnist.main(TINY + ["--output-dir", str(tmp_path), "--models", "convlstm3", "armalstm3",
-                                    "--speeds", "3", "--seeds", "0", "1", "2"])
+                                    "--speeds", "3", "--seeds", "0", "1", "2", "3", "4"])
     trivial = {"trivial: zeros", "trivial: mean of inputs", "trivial: copy last input"}
     assert set(out["results"]) == {"convlstm3", "armalstm3", "criterion", "learned_motion"} | trivial
     for name in ("convlstm3", "armalstm3"):
         metrics = out["results"][name]["metrics"]
-        assert set(metrics) == {"psnr@3x", "ssim@3x"} and len(metrics["psnr@3x"]["per_seed"]) == 3
+        assert set(metrics) == {"psnr@3x", "ssim@3x"} and len(metrics["psnr@3x"]["per_seed"]) == 5
     criterion = out["results"]["criterion"]
     assert criterion["speed"] == 3 and isinstance(criterion["holds"], bool)
     per_seed = [out["results"][m]["metrics"]["psnr@3x"]["per_seed"] for m in ("armalstm3", "convlstm3")]
@@ -214,10 +214,10 @@ def test_tiny_end_to_end(tmp_path):
     assert ROW.format("armalstm3") in table and ROW.format("trivial: zeros") in table
     assert criterion["verdict"] in table
     curves = json.loads((tmp_path / "per_frame.json").read_text())
-    assert len(curves["3"]["armalstm3"]) == 3 and len(curves["3"]["armalstm3"][0]) == 3  # 3 seeds x 3 frames
+    assert len(curves["3"]["armalstm3"]) == 5 and len(curves["3"]["armalstm3"][0]) == 3  # 5 seeds x 3 frames
     assert [p.name for p in out["pictures"]] == ["strip_speed3.png", "psnr_per_frame_speed3.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out["pictures"])
-    assert len(out["checkpoints"]) == 6
+    assert len(out["checkpoints"]) == 10
     final = tmp_path / "armalstm3" / "speed3" / "seed_0" / "final"
     assert ROW.format("armalstm3") in (final / "README.md").read_text()  # the table is in the card
     loaded = from_pretrained(final)
