@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..layers.autoregressive import AutoRegressive2d
 from .classify import conv_modules, functional_entry, module_entry, opaque_leaves
 from .config import ARMAConfig, ConfigMismatchError, matches
+from .conv_types import functional_conv_nodes
 from .dispatch import convert_conv
 from .graph import graph_convert
 from .nonlocal_insertion import insert_nonlocal_modules, insert_nonlocal_nodes, nonlocal_channels
@@ -92,7 +93,7 @@ def armafy(model: nn.Module, config: ARMAConfig | None = None, *, inplace: bool 
 
     if config.mode == "module":
         report.entries += [functional_entry(node, model, config, SkipReason.FUNCTIONAL_IN_MODULE_MODE)
-                           for node in trace.functional_conv_nodes()]
+                           for node in (functional_conv_nodes(trace.graph) if trace.traced else [])]
         model, report.ar_params_added = _convert_modules(model, to_convert, config)
         report.nonlocal_inserted = insert_nonlocal_modules(model, list(config.nonlocal_after), block_channels)
     else:

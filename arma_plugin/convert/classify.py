@@ -10,10 +10,10 @@ import torch.nn as nn
 from ..layers.autoregressive import AutoRegressive2d
 from ..layers.nonlocal_block import NonLocal2d
 from .config import ARMAConfig, matches
-from .dispatch import pair
+from .conv_types import CONV_LIKE, pair
 from .fx_helpers import get_attr, sole_module_user
 from .report import ConvEntry, ConvStatus, SkipReason
-from .tracing import CONV_LIKE, TraceResult
+from .tracing import TraceResult
 
 
 def conv_modules(model: nn.Module) -> dict[str, nn.Module]:

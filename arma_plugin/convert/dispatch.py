@@ -7,7 +7,7 @@ its own dispatcher in that list instead of another type check in the converter.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -15,15 +15,10 @@ import torch.nn as nn
 from ..layers.arma_conv import ARMAConv2d
 from ..layers.autoregressive import AutoRegressive2d
 from .config import ARMAConfig
+from .conv_types import CONV_LIKE, pair
 from .output_subclass import AROutputMixin, attach_output_child
-from .tracing import CONV_LIKE
 
 Dispatcher = Callable[[nn.Module, ARMAConfig], "nn.Module | None"]
-
-
-def pair(value: Any) -> tuple[int, int]:
-    """A conv's ``kernel_size`` / ``dilation`` as ``(h, w)``."""
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def ar_dilation(conv_dilation: tuple[int, int], config: ARMAConfig) -> int:
@@ -31,29 +26,32 @@ def ar_dilation(conv_dilation: tuple[int, int], config: ARMAConfig) -> int:
     return conv_dilation[0] if config.ar_dilation == "match" else config.ar_dilation
 
 
-def new_ar(channels: int, dilation: tuple[int, int], like: torch.Tensor, training: bool,
-           config: ARMAConfig) -> AutoRegressive2d:
-    """The AR solve (identity at init) to follow a conv with ``channels`` outputs, on ``like``'s
-    device and dtype."""
+def identity_ar(channels: int, conv_dilation: tuple[int, int], like: torch.Tensor, training: bool,
+                config: ARMAConfig) -> AutoRegressive2d:
+    """A new :class:`AutoRegressive2d` at the identity (``alpha = 0``) to follow a conv with
+    ``channels`` outputs and ``conv_dilation``, on ``like``'s device and dtype."""
     ar = AutoRegressive2d(channels, config.ar_kernel_size, config.boundary, config.reparam,
-                          ar_dilation(dilation, config), device=like.device, dtype=like.dtype)
+                          ar_dilation(conv_dilation, config), device=like.device, dtype=like.dtype)
     return ar.train(training)
 
 
-def new_ar_for(conv: nn.Module, config: ARMAConfig) -> AutoRegressive2d:
-    """:func:`new_ar` for a conv module (its output channels, dilation, device, dtype, mode)."""
-    return new_ar(conv.out_channels, pair(conv.dilation), conv.weight, conv.training, config)
+def identity_ar_after(conv: nn.Module, config: ARMAConfig) -> AutoRegressive2d:
+    """:func:`identity_ar` for the conv module ``conv`` (its output channels, dilation, device,
+    dtype and train/eval mode)."""
+    return identity_ar(conv.out_channels, pair(conv.dilation), conv.weight, conv.training, config)
 
 
 def dispatch_conv2d(conv: nn.Module, config: ARMAConfig) -> nn.Module | None:
     """A plain ``nn.Conv2d`` becomes an :class:`ARMAConv2d` holding the same ``Parameter``
-    objects (weights tied between convs stay tied)."""
+    objects: nothing is copied, and weights tied between convs stay tied. The new module is
+    built on the meta device (no storage), then given ``conv``'s parameters and its AR child."""
     if type(conv) is not nn.Conv2d:
         return None
-    new = ARMAConv2d.from_conv(conv, ar_kernel_size=config.ar_kernel_size, boundary=config.boundary,
-                               reparam=config.reparam, ar_dilation=ar_dilation(pair(conv.dilation), config))
+    new = ARMAConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
     new.weight, new.bias = conv.weight, conv.bias
-    return new
+    new.ar = identity_ar_after(conv, config)
+    return new.train(conv.training)
 
 
 def dispatch_conv_subclass(conv: nn.Module, config: ARMAConfig) -> nn.Module | None:
@@ -61,7 +59,7 @@ def dispatch_conv_subclass(conv: nn.Module, config: ARMAConfig) -> nn.Module | N
     class and ``forward`` and gains an ``ar`` child (see ``output_subclass``), in place."""
     if not isinstance(conv, CONV_LIKE):
         return None
-    return attach_output_child(conv, AROutputMixin, new_ar_for(conv, config))
+    return attach_output_child(conv, AROutputMixin, identity_ar_after(conv, config))
 
 
 DISPATCHERS: list[Dispatcher] = [dispatch_conv2d, dispatch_conv_subclass]

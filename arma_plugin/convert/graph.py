@@ -16,10 +16,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .classify import functional_entry, static_weight
 from .config import ARMAConfig
-from .dispatch import new_ar, pair
+from .conv_types import functional_conv_nodes
+from .dispatch import identity_ar, identity_ar_after
 from .fx_helpers import insert_module_after
 from .report import ConversionReport, ConvStatus, SkipReason
-from .tracing import FUNCTIONAL_CONV2D
 
 
 def graph_convert(model: nn.Module, graph: fx.Graph, convs: dict[str, nn.Module], config: ARMAConfig,
@@ -28,13 +28,12 @@ def graph_convert(model: nn.Module, graph: fx.Graph, convs: dict[str, nn.Module]
     functional conv; functional entries go to ``report``. Returns it and the AR parameters added."""
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
     gm.train(model.training)
-    functional = functional_nodes(gm)
+    functional = functional_conv_nodes(gm.graph)
     channels_of = _output_channels(gm, example_inputs) if functional else {}
     added = 0
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target in convs:
-            conv = convs[node.target]
-            ar = new_ar(conv.out_channels, pair(conv.dilation), conv.weight, gm.training, config)
+            ar = identity_ar_after(convs[node.target], config).train(gm.training)
             insert_module_after(gm, node, f"{node.target}_ar", ar)
             added += ar.alpha.numel()
     for node in functional:
@@ -46,17 +45,13 @@ def graph_convert(model: nn.Module, graph: fx.Graph, convs: dict[str, nn.Module]
                 entry.status, entry.reason = ConvStatus.SKIPPED, SkipReason.UNKNOWN_CHANNELS
             else:
                 like = like if like is not None else next(gm.parameters(), torch.zeros(()))
-                ar = new_ar(channels, entry.dilation, like, gm.training, config)
+                ar = identity_ar(channels, entry.dilation, like, gm.training, config)
                 insert_module_after(gm, node, f"{node.name}_ar", ar)
                 added += ar.alpha.numel()
         report.entries.append(entry)
     gm.graph.lint()
     gm.recompile()
     return gm, added
-
-
-def functional_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_CONV2D]
 
 
 def _output_channels(gm: fx.GraphModule, example_inputs: Any) -> dict[str, int]:
@@ -66,4 +61,4 @@ def _output_channels(gm: fx.GraphModule, example_inputs: Any) -> dict[str, int]:
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with torch.no_grad():
         ShapeProp(gm).propagate(*inputs)
-    return {n.name: n.meta["tensor_meta"].shape[1] for n in functional_nodes(gm) if "tensor_meta" in n.meta}
+    return {n.name: n.meta["tensor_meta"].shape[1] for n in functional_conv_nodes(gm.graph) if "tensor_meta" in n.meta}

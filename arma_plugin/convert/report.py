@@ -48,13 +48,13 @@ class SkipReason(_ValueEnum):
         return _EXPLANATIONS[self]
 
     @classmethod
-    def parse(cls, text: str) -> "SkipReason":
-        """A reason from its value or from its explanation (the key reports used to be written
-        with, before reasons had stable values); anything else is a ``ValueError``."""
-        for reason in cls:
-            if text in (reason.value, reason.explanation):
-                return reason
-        raise ValueError(f"unknown skip reason {text!r}; known reasons are {[r.value for r in cls]}")
+    def parse(cls, value: str) -> "SkipReason":
+        """The reason whose stable value is ``value``; anything else is a ``ValueError`` that
+        lists the known values."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown skip reason {value!r}; known reasons are {[r.value for r in cls]}") from None
 
 
 _EXPLANATIONS = {
@@ -105,8 +105,8 @@ class ConvEntry:
         except ValueError:
             raise ValueError(f"ConvEntry {values.get('name')!r}: unknown status {values['status']!r}; "
                              f"known statuses are {[s.value for s in ConvStatus]}") from None
-        # reports written before reasons were an enum use "" for "no reason"
-        values["reason"] = SkipReason.parse(values["reason"]) if values.get("reason") else None
+        if values.get("reason") is not None:
+            values["reason"] = SkipReason.parse(values["reason"])
         return cls(**values)
 
 
@@ -156,9 +156,8 @@ class ConversionReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ConversionReport":
-        """Inverse of :meth:`to_dict`. Also reads reports whose skip reasons are the prose
-        explanations (written before reasons had stable values). The counts ``to_dict`` adds are
-        recomputed from the entries, so they must agree with them."""
+        """Inverse of :meth:`to_dict`. The counts ``to_dict`` adds are recomputed from the
+        entries, so they must agree with them."""
         derived = ("converted", "already_converted", "skipped")
         own = [f.name for f in dataclasses.fields(cls)]
         _check_keys("ConversionReport", data, own + list(derived))

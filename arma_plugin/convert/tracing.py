@@ -18,33 +18,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.layers import get_notrace_functions, get_notrace_modules, register_notrace_module
 
 from ..layers.arma_conv import ARMAConv2d
 from ..layers.autoregressive import AutoRegressive2d
 from ..layers.nonlocal_block import NonLocal2d
+from .conv_types import CONV_LIKE
 
-try:
-    from timm.layers import CondConv2d, get_notrace_functions, get_notrace_modules, register_notrace_module
-except ImportError:  # timm is a dependency, but the tracer also serves plain torch models
-    CondConv2d = None
-    get_notrace_functions = get_notrace_modules = list
-    register_notrace_module = None
-
-FUNCTIONAL_CONV2D: tuple[Callable, ...] = (F.conv2d, torch.conv2d)
-# Modules that compute a 2-D convolution without being an ``nn.Conv2d``; their output is
-# ``[B, out_channels, H, W]``, so the AR solve can follow them like any conv.
-CONV_LIKE: tuple[type[nn.Module], ...] = (nn.Conv2d,) + ((CondConv2d,) if CondConv2d is not None else ())
 OWN_LEAVES: tuple[type[nn.Module], ...] = (AutoRegressive2d, ARMAConv2d, NonLocal2d)
 
-if register_notrace_module is not None:
-    # So timm's own fx feature extraction (``features_only`` via fx, ``create_feature_extractor``)
-    # also works on armafied models: the AR solve indexes with the feature-map size.
-    for _leaf in OWN_LEAVES:
-        register_notrace_module(_leaf)
+# So timm's own fx feature extraction (``features_only`` via fx, ``create_feature_extractor``)
+# also works on armafied models: the AR solve indexes with the feature-map size.
+for _leaf in OWN_LEAVES:
+    register_notrace_module(_leaf)
 
 
 MAX_RETRACES = 16
@@ -120,11 +108,6 @@ class TraceResult:
         if any(name.startswith(leaf + ".") for leaf in opaque_leaves):
             return None
         return 0
-
-    def functional_conv_nodes(self) -> list[fx.Node]:
-        if self.graph is None:
-            return []
-        return [n for n in self.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_CONV2D]
 
 
 def _message(err: Exception) -> str:
