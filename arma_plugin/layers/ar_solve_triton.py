@@ -82,7 +82,7 @@ def _accumulator(x: torch.Tensor):
 def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int, step: _Pass):
     b, c, h, w = x.shape
     args = (c, h, w, dilation, step.tile_h.n_chains, step.tile_w.n_chains)
-    consts = dict(Q=alpha.shape[1], CIRCULAR=boundary == "circular", REPARAM=reparam, ACC=_accumulator(x),
+    consts = dict(Q=alpha.shape[1], QP=triton.next_power_of_2(alpha.shape[1]), CIRCULAR=boundary == "circular", REPARAM=reparam, ACC=_accumulator(x),
                   **step.constants())
     return (b * c, step.blocks), args, consts
 

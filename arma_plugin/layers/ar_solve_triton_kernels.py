@@ -27,8 +27,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-TANH_LIMIT = 1.0 - 2.0 ** -16  # arma_plugin.layers.ar_taps.TANH_LIMIT (checked by the tests)
-INV_SQRT2 = 0.7071067811865476
+TANH_LIMIT = tl.constexpr(1.0 - 2.0 ** -16)  # arma_plugin.layers.ar_taps.TANH_LIMIT (checked by the tests)
+INV_SQRT2 = tl.constexpr(0.7071067811865476)
 
 
 @triton.jit
@@ -64,20 +64,36 @@ def _capped_tanh(v):
 
 
 @triton.jit
-def _factor_taps(alpha, c, q, Q: tl.constexpr, REPARAM: tl.constexpr, acc_t: tl.constexpr):
-    """``(f_left, f_right, g_left, g_right)`` of factor ``q`` of channel ``c`` (Thm 7 layout)."""
-    base = alpha + (c * Q + q) * 4
-    a0 = tl.load(base).to(acc_t)
-    a1 = tl.load(base + 1).to(acc_t)
-    a2 = tl.load(base + 2).to(acc_t)
-    a3 = tl.load(base + 3).to(acc_t)
+def _rotate_pairs(v, QP: tl.constexpr, SECOND_MINUS_FIRST: tl.constexpr):
+    """Per (factor, axis) pair ``(p, s)`` of ``v`` ``[QP·4]``: ``((p + s)/√2, (s - p)/√2)``, or
+    ``((p - s)/√2, (p + s)/√2)``, the transposed rotation (Thm 7's 45° rotation and its adjoint)."""
+    first, second = tl.split(tl.reshape(v, [QP * 2, 2]))
+    if SECOND_MINUS_FIRST:
+        rotated = tl.join((first + second) * INV_SQRT2, (second - first) * INV_SQRT2)
+    else:
+        rotated = tl.join((first - second) * INV_SQRT2, (first + second) * INV_SQRT2)
+    return tl.reshape(rotated, [QP * 4])
+
+
+@triton.jit
+def _channel_taps(alpha, c, Q: tl.constexpr, QP: tl.constexpr, REPARAM: tl.constexpr, acc_t: tl.constexpr):
+    """All taps of channel ``c`` as ``[QP·4]`` (``q·4 + (f_left, f_right, g_left, g_right)``), one load."""
+    cols = tl.arange(0, QP * 4)
+    a = tl.load(alpha + c * (4 * Q) + cols, mask=cols < 4 * Q, other=0.0).to(acc_t)
     if REPARAM:
-        c0 = _capped_tanh(a0) * INV_SQRT2
-        c1 = _capped_tanh(a1) * INV_SQRT2
-        c2 = _capped_tanh(a2) * INV_SQRT2
-        c3 = _capped_tanh(a3) * INV_SQRT2
-        return (c0 + c1) * INV_SQRT2, (c1 - c0) * INV_SQRT2, (c2 + c3) * INV_SQRT2, (c3 - c2) * INV_SQRT2
-    return a0, a1, a2, a3
+        return _rotate_pairs(_capped_tanh(a) * INV_SQRT2, QP, True)
+    return a
+
+
+@triton.jit
+def _entry(v, k):
+    """``v[k]`` of a small vector, as a scalar."""
+    return tl.sum(tl.where(tl.arange(0, v.shape[0]) == k, v, 0.0))
+
+
+@triton.jit
+def _with_entry(v, k, value):
+    return tl.where(tl.arange(0, v.shape[0]) == k, value, v)
 
 
 @triton.jit
@@ -174,19 +190,19 @@ _STRIDES = ["sb", "sc", "sh", "sw"]
 @triton.jit(do_not_specialize=_SIZES + [f"{p}_{s}" for p in ("src", "dst") for s in _STRIDES])
 def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
                    src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                   Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
-                   REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                   Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
+                   CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
                    LW: tl.constexpr, CHW: tl.constexpr):
     """``dst = `` the Q factors along the solved axes applied to ``src``: one read, one write."""
     b, c, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H,
                                                          SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
+    taps = _channel_taps(alpha, c, Q, QP, REPARAM, ACC)
     t = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
     for q in tl.static_range(Q):
-        left_h, right_h, left_w, right_w = _factor_taps(alpha, c, q, Q, REPARAM, ACC)
         if SOLVE_H:
-            t = _factor_solve(t, j_h, m_h, mask, left_h, right_h, 0, CIRCULAR)
+            t = _factor_solve(t, j_h, m_h, mask, _entry(taps, 4 * q), _entry(taps, 4 * q + 1), 0, CIRCULAR)
         if SOLVE_W:
-            t = _factor_solve(t, j_w, m_w, mask, left_w, right_w, 2, CIRCULAR)
+            t = _factor_solve(t, j_w, m_w, mask, _entry(taps, 4 * q + 2), _entry(taps, 4 * q + 3), 2, CIRCULAR)
     tl.store(dst + b * dst_sb + c * dst_sc + pos_h * dst_sh + pos_w * dst_sw, t.to(dst.dtype.element_ty),
              mask=mask)
 
@@ -196,8 +212,8 @@ def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
 def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w, row0, rows,
                     src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
                     dst_sb, dst_sc, dst_sh, dst_sw,
-                    Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
-                    REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                    Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
+                    CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
                     LW: tl.constexpr, CHW: tl.constexpr):
     """Thm 4 for the solved axes: ``src`` is the input of their factors, ``grad`` the gradient
     of their output, ``dst`` receives the gradient of their input. The program's tap
@@ -205,29 +221,29 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
     (taps of an axis it does not solve: 0)."""
     b, c, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H,
                                                          SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
+    taps = _channel_taps(alpha, c, Q, QP, REPARAM, ACC)
     y = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
     for q in tl.static_range(Q):
-        left_h, right_h, left_w, right_w = _factor_taps(alpha, c, q, Q, REPARAM, ACC)
         if SOLVE_H:
-            y = _factor_solve(y, j_h, m_h, mask, left_h, right_h, 0, CIRCULAR)
+            y = _factor_solve(y, j_h, m_h, mask, _entry(taps, 4 * q), _entry(taps, 4 * q + 1), 0, CIRCULAR)
         if SOLVE_W:
-            y = _factor_solve(y, j_w, m_w, mask, left_w, right_w, 2, CIRCULAR)
+            y = _factor_solve(y, j_w, m_w, mask, _entry(taps, 4 * q + 2), _entry(taps, 4 * q + 3), 2, CIRCULAR)
     g = tl.load(grad + b * grad_sb + c * grad_sc + pos_h * grad_sh + pos_w * grad_sw, mask=mask,
                 other=0.0).to(ACC)
-    row = partial + (c * rows + row0 + b * tl.num_programs(1) + tl.program_id(1)) * (4 * Q)
-    zero = tl.zeros([], ACC)
+    grads = tl.zeros([QP * 4], ACC)  # d taps, in the taps' layout; 0 for an axis not solved here
     for k in tl.static_range(Q):
         q = Q - 1 - k
-        left_h, right_h, left_w, right_w = _factor_taps(alpha, c, q, Q, REPARAM, ACC)
-        grad_lw, grad_rw, grad_lh, grad_rh = zero, zero, zero, zero
         if SOLVE_W:
-            g, grad_lw, grad_rw, y = _factor_backward(y, g, j_w, m_w, mask, left_w, right_w, 2, CIRCULAR)
+            g, grad_left, grad_right, y = _factor_backward(y, g, j_w, m_w, mask, _entry(taps, 4 * q + 2),
+                                                           _entry(taps, 4 * q + 3), 2, CIRCULAR)
+            grads = _with_entry(_with_entry(grads, 4 * q + 2, grad_left), 4 * q + 3, grad_right)
         if SOLVE_H:
-            g, grad_lh, grad_rh, y = _factor_backward(y, g, j_h, m_h, mask, left_h, right_h, 0, CIRCULAR)
-        tl.store(row + 4 * q, grad_lh)
-        tl.store(row + 4 * q + 1, grad_rh)
-        tl.store(row + 4 * q + 2, grad_lw)
-        tl.store(row + 4 * q + 3, grad_rw)
+            g, grad_left, grad_right, y = _factor_backward(y, g, j_h, m_h, mask, _entry(taps, 4 * q),
+                                                           _entry(taps, 4 * q + 1), 0, CIRCULAR)
+            grads = _with_entry(_with_entry(grads, 4 * q, grad_left), 4 * q + 1, grad_right)
+    cols = tl.arange(0, QP * 4)
+    row = (c * rows + row0 + b * tl.num_programs(1) + tl.program_id(1)) * (4 * Q)
+    tl.store(partial + row + cols, grads, mask=cols < 4 * Q)
     tl.store(dst + b * dst_sb + c * dst_sc + pos_h * dst_sh + pos_w * dst_sw, g.to(dst.dtype.element_ty),
              mask=mask)
 
@@ -251,7 +267,5 @@ def tap_gradient_kernel(partial, alpha, grad_alpha, rows, Q: tl.constexpr, QP: t
         t = _tanh(a)
         # d c_k / d alpha_k, 0 where the cap is flat (as torch.clamp's gradient)
         slope = tl.where(tl.abs(t) <= TANH_LIMIT, (1.0 - t * t) * INV_SQRT2, 0.0)
-        left, right = tl.split(tl.reshape(acc, [QP * 2, 2]))  # (d left, d right) per (q, axis)
-        grad_c = tl.reshape(tl.join((left - right) * INV_SQRT2, (left + right) * INV_SQRT2), [QP * 4])
-        acc = grad_c * slope
+        acc = _rotate_pairs(acc, QP, False) * slope
     tl.store(grad_alpha + c * (4 * Q) + cols, acc.to(grad_alpha.dtype.element_ty), mask=cols < 4 * Q)
