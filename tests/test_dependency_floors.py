@@ -2,8 +2,9 @@
 
 CI installs only the newest releases, and installing every floor release there is not cheap
 (a second torch alone is hundreds of MB). Instead :data:`API_SINCE` lists every API the package
-takes from a dependency's younger namespaces, with the oldest release known to have it (read in
-that release's own wheel, or for torch its release notes), and the tests check both directions:
+takes from a dependency's younger namespaces, with the oldest release known to have it (timm
+and huggingface_hub: read in that release's wheel; torch: the first release that shipped the
+change adding it), and the tests check both directions:
 the declared floor is at least every listed release, and every use of a watched namespace in
 ``arma_plugin`` is listed. A new use of, say, a ``torch.library`` function fails here until it is
 listed, which is the moment to look up its release and raise the floor if needed.
