@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Callable
@@ -124,12 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# fp32 maps alive at once while one entry is timed: input, its grad, output, output grad, saved tensors
+MAPS_ALIVE = 6
+
+
+def _check_memory(parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device) -> None:
+    """Refuse sizes whose maps cannot fit in the device's memory, before anything is allocated."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needed = MAPS_ALIVE * args.batch * args.channels * max(args.sizes) ** 2 * 4
+    memory = "free GPU memory" if device.type == "cuda" else "memory of this machine"
+    if needed > available:
+        parser.error(f"--batch {args.batch} --channels {args.channels} --sizes {max(args.sizes)}: about "
+                     f"{needed / 2**30:.1f} GiB of fp32 maps, more than the {available / 2**30:.1f} GiB {memory}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
     device = torch.device(args.device)
+    _check_memory(parser, args, device)
     torch.set_num_threads(args.threads)
     backends = (["numba"] if device.type == "cpu" and numba_available() else []) + ["torch"]
     rows = run(args.sizes, args.q, args.boundaries, args.batch, args.channels, args.repeats, device, backends)

@@ -78,10 +78,12 @@ def _build_smp(spec: str, name: str, pretrained: bool, num_classes: int | None) 
 
 
 def _looks_like_path(spec: str) -> bool:
-    """A local path, never to be sent to the Hub: it exists, starts with ``.``, ``/`` or ``~``,
-    has a backslash or more than one ``/``, or its first part is an existing local folder."""
-    return (Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or "\\" in spec
-            or spec.count("/") > 1 or Path(spec.split("/")[0]).is_dir())
+    """A local path, never to be sent to the Hub: what :func:`~arma_plugin.from_pretrained` takes
+    for one (it exists, starts with ``.``, ``/`` or ``~``, has more than one ``/``, ...), or a
+    ``name/rest`` whose ``name`` is a local folder (a mistyped path inside it)."""
+    from .hub.files import looks_like_local_path
+
+    return looks_like_local_path(spec) or Path(spec.split("/")[0]).expanduser().is_dir()
 
 
 def _load_checkpoint(spec: str, trust_factories: Sequence[str]) -> nn.Module:

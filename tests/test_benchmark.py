@@ -49,3 +49,11 @@ def test_benchmark_does_not_import_the_command_line():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not imported & {"cli", "arma_plugin.cli"}
+
+
+def test_sizes_beyond_the_machine_memory_are_refused_before_allocating(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--sizes", "8", "1000000", "--batch", "1", "--channels", "1"])  # 6 maps of 10^6 x 10^6 fp32: 22 TiB
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--sizes 1000000: about 22351.7 GiB of fp32 maps, more than the" in err
