@@ -52,3 +52,11 @@ def test_two_processes_saving_in_a_loop_leave_exactly_one_model(tmp_path):
     assert sum(states_equal(loaded, m) for m in models) == 1
     assert sorted(p.name for p in directory.iterdir()) == [LOCK_NAME, "README.md", "config.json",
                                                            "model.safetensors"], "no staged file is left"
+
+
+def test_loading_creates_no_file(tmp_path):
+    import timm
+    timm.models.save_for_hf(timm.create_model("test_resnet", pretrained=False), tmp_path, safe_serialization=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    from_pretrained(tmp_path, armafy_base=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and LOCK_NAME not in before

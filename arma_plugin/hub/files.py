@@ -5,9 +5,10 @@ Writers and readers of one directory exclude each other through an inter-process
 
 * ``save_pretrained`` writes every file in full under a name no other writer uses (the save id),
   then, holding the lock, renames them into place: weights, ``config.json``, card;
-* ``from_pretrained`` reads ``config.json`` and the weights holding the lock, so two concurrent
-  saves and a load never mix files of different saves. A directory where the lock cannot be
-  created (read-only) is read without it: nothing can save into it either.
+* ``from_pretrained`` reads ``config.json`` and the weights holding the lock, so concurrent saves
+  and a load never mix files of different saves. Loading creates no file: a directory without
+  the lock file (no arma-plugin save wrote it) or where it cannot be opened (read-only) is read
+  without the lock; a save racing such a read makes the save ids differ, which is refused.
 
 A string that looks like a local path is never sent to the Hub (:func:`looks_like_local_path`).
 """
@@ -36,9 +37,13 @@ LOCK_TIMEOUT_S = 300.0
 
 
 @contextlib.contextmanager
-def directory_lock(directory: Path, action: str, *, required: bool) -> Iterator[None]:
-    """Hold ``directory``'s lock. ``required=False`` (reading) goes on without it where the lock
-    file cannot be created; a lock held longer than :data:`LOCK_TIMEOUT_S` raises ``TimeoutError``."""
+def directory_lock(directory: Path, action: str, *, writing: bool) -> Iterator[None]:
+    """Hold ``directory``'s lock. Reading (``writing=False``) creates no lock file and goes on
+    without the lock where it is missing or cannot be opened; a lock held by another process for
+    longer than :data:`LOCK_TIMEOUT_S` raises ``TimeoutError``."""
+    if not writing and not (directory / LOCK_NAME).is_file():
+        yield
+        return
     lock = FileLock(directory / LOCK_NAME, timeout=LOCK_TIMEOUT_S)
     try:
         lock.acquire()
@@ -46,7 +51,7 @@ def directory_lock(directory: Path, action: str, *, required: bool) -> Iterator[
         raise TimeoutError(f"{action}: {directory} stayed locked by another process saving or loading it "
                            f"for {LOCK_TIMEOUT_S:.0f} s (lock file {lock.lock_file})") from err
     except OSError:
-        if required:
+        if writing:
             raise
         yield
         return
@@ -64,7 +69,7 @@ def publish_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]],
     try:
         for name, write in writers.items():
             write(staged[name])
-        with directory_lock(directory, "save_pretrained", required=True):
+        with directory_lock(directory, "save_pretrained", writing=True):
             for name, path in staged.items():
                 os.replace(path, directory / name)
     finally:

@@ -178,7 +178,7 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
                          f"got {trust_factories!r}")
     fetch, local_directory = file_fetcher(repo_id_or_path, revision=revision, cache_dir=cache_dir,
                                           local_files_only=local_files_only, token=token)
-    with (directory_lock(local_directory, "from_pretrained", required=False) if local_directory
+    with (directory_lock(local_directory, "from_pretrained", writing=False) if local_directory
           else contextlib.nullcontext()):
         config_path = fetch(CONFIG_NAME)
         config = read_config(config_path)
