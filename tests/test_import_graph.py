@@ -152,7 +152,7 @@ def test_cycle_finder_on_known_graphs() -> None:
     assert cycles({"a": {"b"}, "b": {"a", "c"}, "c": {"d"}, "d": {"c"}, "e": {"a"}}) == [["c", "d"], ["a", "b"]]
 
 
-def test_every_module_has_a_level_it_was_meant_to_have() -> None:
+def test_every_level_names_existing_modules() -> None:
     """Every prefix in :data:`LEVELS` names a real module, so a rename cannot silently move a
     whole level to the front ends."""
     modules = package_modules()
