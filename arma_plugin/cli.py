@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .table import format_table
 from .model_specs import MODEL_SPEC_HELP, build_model
+from .table import format_table
 from .usage import USAGE_ERROR, OneLineErrorParser, UsageError, one_line, writable_path
 from .validation import positive_int
 
@@ -108,7 +108,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"config: {json.dumps(config.to_dict())}")
     try:
         saved = save_pretrained(model, out)
-    except (OSError, CheckpointError) as err:  # the disk or the folder, not the model
+    except (OSError, CheckpointError) as err:  # the folder cannot take the files (disk, permissions, another save)
         raise UsageError(f"--out {args.out!r}: the checkpoint could not be written: {err}") from err
     print(f"saved to {saved}" + (" (the checkpoint that was there is replaced)" if existing else ""))
 

@@ -107,6 +107,8 @@ def _load_checkpoint(spec: str, trust_factories: Sequence[str]) -> nn.Module:
         return from_pretrained(path if path.is_dir() else spec, trust_factories=trust_factories)
     except CheckpointError as err:  # a missing or broken checkpoint is the user's input, not a bug
         raise UsageError(str(err)) from err
+    except TimeoutError as err:  # another process kept saving into the checkpoint's folder
+        raise UsageError(f"{spec}: {err}") from err
 
 
 def _bare_name_hint(name: str) -> str:

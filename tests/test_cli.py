@@ -342,3 +342,27 @@ def test_convert_refuses_to_replace_a_checkpoint_without_overwrite(checkpoint, t
     assert code == 0, err
     assert "the checkpoint that was there is replaced" in out
     assert json.loads((target / "config.json").read_text())["arma_config"]["ar_kernel_size"] == 3
+
+
+def test_a_checkpoint_folder_locked_by_another_save_is_one_line(tmp_path, capsys, monkeypatch):
+    import arma_plugin.hub
+
+    def locked(*args, **kwargs):
+        raise TimeoutError(f"load: {tmp_path} stayed locked by another process saving or loading it")
+
+    monkeypatch.setattr(arma_plugin.hub, "from_pretrained", locked)
+    code, _, err = run_main(capsys, "inspect", str(tmp_path))
+    assert_one_line_usage_error(code, err, "stayed locked by another process")
+
+
+def test_a_disk_that_cannot_take_the_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import arma_plugin.hub
+
+    def disk_full(model, directory, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    monkeypatch.setattr(arma_plugin.hub, "save_pretrained", disk_full)
+    code, _, err = run_main(capsys, "convert", "timm:test_resnet", "--out", str(tmp_path / "out"))
+    assert_one_line_usage_error(code, err, "the checkpoint could not be written: [Errno 28] No space left on device")
