@@ -79,3 +79,12 @@ def test_empty_batch_like_conv2d(monkeypatch, backend):
     assert y.shape == conv(x).shape == (0, 4, 8, 9)
     y.sum().backward()
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in arma.parameters())
+
+
+def test_jit_script_equals_eager():
+    conv = ARMAConv2d(3, 4, 3, padding=1, boundary="zeros")
+    with torch.no_grad():
+        conv.ar.alpha.normal_(0, 0.5)
+    x = torch.randn(2, 3, 9, 8)
+    # the same conv and the same backend: bit-identical
+    assert torch.equal(torch.jit.script(conv)(x), conv(x))

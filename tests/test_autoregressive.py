@@ -475,3 +475,40 @@ def test_compile_smoke():
     assert torch.equal(y, layer(x))  # same custom op under the compiled graph
     y.sum().backward()
     assert x.grad is not None and layer.alpha.grad is not None
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("reparam", [True, False])
+def test_jit_script_calls_the_custom_op_with_equal_outputs(boundary, reparam, tmp_path):
+    layer = AutoRegressive2d(3, ar_kernel_size=5, boundary=boundary, reparam=reparam, dilation=2)
+    with torch.no_grad():
+        layer.alpha.copy_(0.2 * torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(3)))
+    x = torch.randn(2, 3, 8, 9).contiguous(memory_format=torch.channels_last)
+    scripted = torch.jit.script(layer)
+    assert "arma_plugin::ar_solve" in str(scripted.inlined_graph)  # the op itself, not a Python call
+    torch.jit.save(scripted, tmp_path / "ar.pt")
+    loaded = torch.jit.load(tmp_path / "ar.pt")
+    expected = layer(x)
+    for module in (scripted, loaded):
+        y = module(x)
+        # the same backend on the same input: bit-identical, layout included
+        assert torch.equal(y, expected) and y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_meta_and_fake_tensors_flow_through():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    for reparam in (True, False):
+        layer = AutoRegressive2d(4, reparam=reparam, device="meta")
+        y = layer(torch.empty(2, 4, 7, 5, device="meta", dtype=torch.bfloat16))
+        assert y.device.type == "meta" and y.shape == (2, 4, 7, 5) and y.dtype == torch.bfloat16
+        # raw taps under fake tensors: the stability check has no values to look at
+        cpu_layer = AutoRegressive2d(4, reparam=reparam)
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            y = cpu_layer(torch.randn(2, 4, 7, 5))
+        assert y.shape == (2, 4, 7, 5)
+
+
+def test_onnx_export_of_the_custom_op_names_for_export(tmp_path):
+    layer = AutoRegressive2d(2)
+    with pytest.raises(Exception, match=r"arma_plugin\.for_export\(model, example_input\)"):
+        torch.onnx.export(layer, (torch.randn(1, 2, 5, 5),), str(tmp_path / "ar.onnx"), dynamo=False)

@@ -64,3 +64,13 @@ def test_bad_arguments(argument: str, value) -> None:
 def test_wrong_input_shape() -> None:
     with pytest.raises(ValueError, match=r"expects \[B, 4, H, W\]"):
         NonLocal2d(4)(torch.randn(2, 3, 5, 5))
+
+
+def test_jit_script_equals_eager_and_keeps_the_shape_check() -> None:
+    block = NonLocal2d(4)
+    torch.nn.init.normal_(block.out.weight)
+    scripted = torch.jit.script(block)
+    x = torch.randn(2, 4, 5, 6)
+    torch.testing.assert_close(scripted(x), block(x), rtol=0, atol=0)  # same ops in the same order
+    with pytest.raises(Exception, match=r"expects \[B, 4, H, W\]"):
+        scripted(torch.randn(2, 3, 5, 6))

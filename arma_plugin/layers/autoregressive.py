@@ -112,6 +112,16 @@ def _scripted_backend(x: torch.Tensor, taps: torch.Tensor, known_stable: bool, n
 torch.fx.wrap("autoregressive2d")
 
 
+@torch.compiler.assume_constant_result  # so strict (dynamo) tracing runs the check too
+def _refuse_onnx_export() -> bool:
+    """ONNX has no AR solve: refuse with the way out instead of an unknown-operator error."""
+    if torch.onnx.is_in_onnx_export():
+        raise RuntimeError("AutoRegressive2d cannot be exported to ONNX as is (its solve is the custom op "
+                           "arma_plugin::ar_solve); export arma_plugin.for_export(model, example_input) "
+                           "instead, which turns each AR solve into two matmuls at the example's size")
+    return False
+
+
 class AutoRegressive2d(nn.Module):
     """Per-channel separable AR solve, the AR half of an ARMA layer (Def. 1, Def. 5).
 
@@ -149,6 +159,7 @@ class AutoRegressive2d(nn.Module):
         if torch.jit.is_scripting():  # TorchScript compiles only this branch; argument checks are eager
             solver = _scripted_backend(x, self.alpha, self.reparam, self.numba_installed, self.triton_installed)
             return _solve(x, self.alpha, self.boundary, self.reparam, self.dilation, solver)
+        _refuse_onnx_export()
         return autoregressive2d(x, self.alpha, self.boundary, self.reparam, self.dilation)
 
     def extra_repr(self) -> str:
