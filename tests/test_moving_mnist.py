@@ -194,6 +194,21 @@ def test_trivial_predictors():
     torch.testing.assert_close(predictions["trivial: copy last input"][:, 3], inputs[:, -1], rtol=0, atol=0)
 
 
+def test_strip_labels_and_error_difference():
+    assert moving_mnist.time_labels(4, 2) == ["t\u22123", "t\u22122", "t\u22121", "t", "t+1", "t+2"]
+    target = torch.tensor([0.0, 1.0, 0.5])
+    arma, baseline = torch.tensor([0.0, 0.8, 0.5]), torch.tensor([0.2, 0.8, 0.1])
+    # ARMA exact where the baseline is off (negative), both off by 0.2 (zero)
+    torch.testing.assert_close(moving_mnist.error_difference(arma, baseline, target), torch.tensor([-0.2, 0.0, -0.4]),
+                               rtol=0, atol=1e-6)  # float32 rounding of 0.8 and 0.1
+
+
+def test_standard_error_over_seeds():
+    values = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 5.0]])
+    np.testing.assert_allclose(moving_mnist.standard_error(values), [1 / np.sqrt(3), 1.0])
+    np.testing.assert_array_equal(moving_mnist.standard_error(values[:1]), [0.0, 0.0])  # one seed: no band
+
+
 ROW = "| {:<24} |"
 """A first cell of the results table (format_table pads the model column to its widest name)."""
 
@@ -202,7 +217,11 @@ def test_tiny_end_to_end(tmp_path):
     out = moving_mnist.main(TINY + ["--output-dir", str(tmp_path), "--models", "convlstm3", "armalstm3",
                                     "--speeds", "3", "--seeds", "0", "1", "2", "3", "4"])
     trivial = {"trivial: zeros", "trivial: mean of inputs", "trivial: copy last input"}
-    assert set(out["results"]) == {"convlstm3", "armalstm3", "criterion", "learned_motion"} | trivial
+    assert set(out["results"]) == {"convlstm3", "armalstm3", "criterion", "learned_motion", "environment"} | trivial
+    environment = out["results"]["environment"]
+    assert {"torch", "numpy", "numba", "arma-plugin"} <= set(environment["versions"])
+    assert environment["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert environment["cpu"] and environment["threads_per_run"] == torch.get_num_threads()
     for name in ("convlstm3", "armalstm3"):
         metrics = out["results"][name]["metrics"]
         assert set(metrics) == {"psnr@3x", "ssim@3x"} and len(metrics["psnr@3x"]["per_seed"]) == 5
