@@ -32,10 +32,11 @@ def test_smp_models_own_save_pretrained_writes_a_checkpoint_that_loads_exactly(t
     loaded = from_pretrained(tmp_path / "unet")
     assert type(loaded) is type(model) and loaded.arma_config == model.arma_config
     assert states_equal(loaded, model) and _same_outputs(loaded, model, x)
-    # the loaded model, a deep copy and a pickled copy keep the habit, each saving itself
-    for twin in (loaded, copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        twin.save_pretrained(tmp_path / "twin")
-        assert states_equal(from_pretrained(tmp_path / "twin"), model)
+    loaded.save_pretrained(tmp_path / "again")  # the loaded model keeps the habit
+    assert states_equal(from_pretrained(tmp_path / "again"), model)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # each copy saves itself
+        assert twin.save_pretrained.func is arma_plugin.hub.pretrained.save_pretrained
+        assert twin.save_pretrained.args == (twin,) and twin.push_to_hub.args == (twin,)
 
 
 def test_smp_models_own_push_to_hub_uploads_an_arma_checkpoint(monkeypatch, tmp_path):
