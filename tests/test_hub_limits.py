@@ -13,7 +13,7 @@ from arma_plugin import (ARMAConfig, AutoRegressive2d, CheckpointError, Checkpoi
                          CorruptCheckpointError, from_pretrained)
 from arma_plugin.convert.config import MATCH_TIMEOUT_S, matches
 from arma_plugin.validation import MAX_AR_KERNEL_SIZE, MAX_COUNT, check_odd_kernel_size, check_positive_int
-from hub_models import edit_config, rewrite_weights, states_equal, tiny_checkpoint, trained_arma  # noqa: F401
+from hub_models import edit_config, rewrite_weights, states_equal, tiny_checkpoint  # noqa: F401
 
 # --------------------------------------------------------------------------- module-name regexes
 
@@ -48,11 +48,14 @@ def test_an_overlong_regex_is_refused():
 
 # --------------------------------------------------------------------------- integer bounds
 
+KERNEL_BOUND = f"ar_kernel_size must be an odd integer <= {MAX_AR_KERNEL_SIZE}"
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: AutoRegressive2d(4, dilation=10**30), f"dilation must be an integer <= {MAX_COUNT}"),
-    (lambda: AutoRegressive2d(4, ar_kernel_size=2**62 + 1), f"ar_kernel_size must be an odd integer <= {MAX_AR_KERNEL_SIZE}"),
+    (lambda: AutoRegressive2d(4, ar_kernel_size=2**62 + 1), KERNEL_BOUND),
     (lambda: AutoRegressive2d(2**40), f"channels must be an integer <= {MAX_COUNT}"),
-    (lambda: ARMAConfig(ar_kernel_size=2**62 + 1), f"ARMAConfig.ar_kernel_size must be an odd integer <= {MAX_AR_KERNEL_SIZE}"),
+    (lambda: ARMAConfig(ar_kernel_size=2**62 + 1), f"ARMAConfig.{KERNEL_BOUND}"),
     (lambda: ARMAConfig(ar_dilation=10**30), f"ARMAConfig.ar_dilation .* must be an integer <= {MAX_COUNT}"),
 ])
 def test_huge_integers_are_refused_naming_the_argument_and_the_bound(build, message):
@@ -61,10 +64,11 @@ def test_huge_integers_are_refused_naming_the_argument_and_the_bound(build, mess
 
 
 @pytest.mark.parametrize("where, value, message", [
-    (("arma_config", "ar_kernel_size"), 2**62 + 1, f"ar_kernel_size must be an odd integer <= {MAX_AR_KERNEL_SIZE}"),
+    (("arma_config", "ar_kernel_size"), 2**62 + 1, KERNEL_BOUND),
     (("arma_config", "ar_kernel_size"), MAX_AR_KERNEL_SIZE + 2, f"<= {MAX_AR_KERNEL_SIZE}"),
     (("arma_config", "ar_dilation"), 10**30, f"ar_dilation .* must be an integer <= {MAX_COUNT}"),
-    (("base", "model_args", "num_classes"), 10**12, rf"model_args \['num_classes=1000000000000'\] exceed the bound {MAX_COUNT}"),
+    (("base", "model_args", "num_classes"), 10**12,
+     rf"model_args \['num_classes=1000000000000'\] exceed the bound {MAX_COUNT}"),
     (("base", "model_args", "drop_rate"), -2**70, "drop_rate=-1180591620717411303424"),
 ])
 def test_huge_integers_in_a_checkpoint_are_corrupt(where, value, message, tiny_checkpoint, tmp_path):
@@ -122,6 +126,7 @@ def test_float64_weights_still_load(tiny_checkpoint, tmp_path):
 def test_non_finite_numbers_in_config_json_are_refused(literal, tiny_checkpoint, tmp_path):
     directory = shutil.copytree(tiny_checkpoint, tmp_path / "m")
     text = (directory / "config.json").read_text()
-    (directory / "config.json").write_text(text.replace('"model_args": {', f'"model_args": {{"drop_rate": {literal}, ', 1))
+    text = text.replace('"model_args": {', f'"model_args": {{"drop_rate": {literal}, ', 1)
+    (directory / "config.json").write_text(text)
     with pytest.raises(CorruptCheckpointError, match=f"config.json: holds the non-finite number {literal}"):
         from_pretrained(directory)
