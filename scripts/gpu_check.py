@@ -1,33 +1,33 @@
-"""One-shot GPU check of the AR layer, within a time budget (default 300 s: one call < 6 min).
+"""One-shot GPU check of the AR layer, within a time budget (default 420 s: one call < 8 min).
 
-Prints, in this order (``--json PATH`` also writes every number):
+Prints, in this order (``--json PATH`` also writes every number, rewritten after each section
+so that a killed run keeps what it measured):
 
 1. device name, torch / triton / CUDA versions;
 2. correctness on the device of every backend that runs there (``torch``, ``triton``) against
-   the dense float64 reference on CPU: values, dX, dalpha; both boundaries, Q = 1, 2, 3,
-   dilation 1, 2, maps from 1×1 to larger than a Triton block; float64, float32 and bfloat16;
-   then channels_last + bf16 autocast, ``torch.compile(fullgraph=True)`` and CUDA graphs;
-3. the triton kernel variants (lines per program × warps × software-pipeline stages) at
-   8×64×128², fwd+bwd, each checked against the default's numbers: the fastest is used for
-   the rest of the run;
-4. the layer table: fwd+bwd median, conv3x3 vs AR per backend vs the released algorithm vs
+   the dense float64 reference on CPU: values, dX, dalpha; Q = 1, 2, 3, dilation 1, 2, maps
+   from 1×1 to 3×2048 (the two-pass plan), the two boundaries interleaved case by case;
+   float64, float32 and bfloat16; then channels_last + bf16 autocast,
+   ``torch.compile(fullgraph=True)`` and CUDA graphs (each behind the budget guard);
+3. the triton plan variants (fused-plane limit × elements per pass × warps), the most
+   promising first, at 8×64×128², fwd+bwd, each checked against the default's numbers;
+4. a per-kernel profile (``torch.profiler``) of one triton layer fwd+bwd at 8×64×128²;
+5. the layer table: fwd+bwd median, conv3x3 vs AR per backend vs the released algorithm vs
    ``x.clone()``, B×C×H×W = 8×64×128², 8×64×256², 32×128×64², 16×256×32², Q = 1, 2, fp32 and
    bf16 (input from autocast), both boundaries, memory saved for backward;
-5. the model table: train step (fwd+bwd+SGD) median, original vs armafied circular vs zeros,
+6. the model table: train step (fwd+bwd+SGD) median, original vs armafied circular vs zeros,
    timm resnet18 64×3×224², vgg11 32×3×224², convnext_tiny 32×3×224², SMP Unet-resnet34
    16×3×256², fp32 and bf16 autocast, ``pretrained=False``, ``cudnn.benchmark`` on.
 
 Rows that would pass the budget are skipped with a printed note. Run from the repository root::
 
     PYTHONPATH=. python scripts/gpu_check.py --json gpu_check.json     # on a GPU
-    PYTHONPATH=. python scripts/gpu_check.py --smoke                   # CPU, tiny shapes, seconds
+    PYTHONPATH=. python scripts/gpu_check.py --smoke                   # CPU, tiny shapes
 
 ``--smoke`` runs every section on CPU with tiny shapes and Triton's interpreter, so a typo
-cannot waste the GPU run (tests/test_ar_solve_triton.py runs it); its triton timings would
-time the interpreter, so triton is checked for correctness there but not timed. Its layer
-row (2×16×32², median of 3) is a CPU ratio check of the other backends against the conv. Without
-timm/SMP/Hub packages on the GPU host, the layer sections still run (the model table says
-why it is skipped).
+cannot waste the GPU run; its triton timings would time the interpreter, so triton is checked
+for correctness there but not timed. Without timm/SMP/Hub packages on the GPU host, the layer
+sections still run (the model table says why it is skipped).
 """
 from __future__ import annotations
 
@@ -35,13 +35,10 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 import traceback
 import types
 from pathlib import Path
-from typing import Callable
 
 if __name__ == "__main__" and "--smoke" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton decorates kernels, i.e. at import
@@ -63,26 +60,11 @@ from arma_plugin.layers.autoregressive import autoregressive2d  # noqa: E402
 from arma_plugin.reference import ar_solve_reference, released_autoregressive2d  # noqa: E402
 from arma_plugin.table import format_table  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_models import model_table  # noqa: E402
+from gpu_timing import Budget, fwd_bwd, median_ms, rel_err, sync  # noqa: E402
+
 BOUNDARIES = ("circular", "zeros")
-
-
-class Budget:
-    """Wall-clock budget of the run; sections ask before each row, keeping a reserve for the
-    sections after them (of the default 300 s: correctness cases until 60 s, then the compile
-    and CUDA-graph checks; variants until 120 s; layer rows until 210 s; model rows until 265 s,
-    one model row taking up to ~30 s)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-        self.skipped: list[str] = []
-
-    def allows(self, section: str, what: str, reserve_s: float) -> bool:
-        if time.monotonic() + reserve_s <= self.end:
-            return True
-        note = f"{section}: budget spent, skipped {what} and the rest of this section"
-        print(f"  [{note}]")
-        self.skipped.append(note)
-        return False
 
 
 class Setup:
@@ -96,12 +78,13 @@ class Setup:
         self.timed_backends = [b for b in self.backends if not (smoke and b == "triton")]
         self.check_qs = (1, 2) if smoke else (1, 2, 3)
         self.check_dilations = (2,) if smoke else (1, 2)
-        self.check_sizes = ((3, 5),) if smoke else ((1, 1), (2, 7), (5, 3), (33, 64), (130, 67))
+        self.check_sizes = ((3, 5),) if smoke else ((1, 1), (2, 7), (5, 3), (33, 64), (130, 67), (3, 2048))
         self.check_batch, self.check_channels = (1, 2) if smoke else (2, 3)
         self.layout_shape = (1, 2, 4, 5) if smoke else (2, 8, 12, 10)
-        # (lines per program, warps, pipeline stages)
-        self.variants = [(4, 1, 1), (8, 1, 2)] if smoke else [(16, 1, 1), (32, 1, 1), (64, 1, 1), (64, 2, 1),
-                                                             (128, 4, 1), (32, 1, 3), (64, 2, 3), (128, 4, 3)]
+        # (largest plane solved by one program, elements per program of a pass, warps; None: default)
+        self.variants = [(16384, 4096, None), (8, 4, None)] if smoke else [
+            (16384, 4096, None), (16384, 4096, 8), (16384, 4096, 32), (8192, 4096, None), (8192, 2048, 8),
+            (4096, 4096, None)]
         self.variant_shape = (1, 1, 3, 4) if smoke else (8, 64, 128, 128)
         self.layer_shapes = ((2, 16, 32, 32),) if smoke else ((8, 64, 128, 128), (8, 64, 256, 256),
                                                           (32, 128, 64, 64), (16, 256, 32, 32))
@@ -125,54 +108,17 @@ class Setup:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(step: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of ``step()`` in ms, synchronised (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
-    def step() -> None:
-        x.grad = None
-        fn(x).backward(grad)
-    return step
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-
-
 # Relative error bounds: c·eps·cond with alpha ~ N(0, 1) (cond ≲ 1e3 at these sizes); bf16
 # is one rounding of input and output (2^-8) times the same growth.
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.bfloat16: 5e-2}
 
 
 def _correctness_cases(setup: Setup):
-    for boundary in BOUNDARIES:
-        for q in setup.check_qs:
-            for dilation in setup.check_dilations:
-                for size in setup.check_sizes:
+    """The two boundaries alternate, so that a budget cut leaves both checked alike."""
+    for q in setup.check_qs:
+        for dilation in setup.check_dilations:
+            for size in setup.check_sizes:
+                for boundary in BOUNDARIES:
                     yield boundary, q, dilation, size
 
 
@@ -181,7 +127,7 @@ def check_correctness(setup: Setup, budget: Budget, results: dict) -> bool:
     ok = True
     rows = []
     for boundary, q, dilation, (h, w) in _correctness_cases(setup):
-        if not budget.allows("correctness", f"{boundary} Q={q} d={dilation} {h}x{w}", 240):
+        if not budget.allows("correctness", f"{boundary} Q={q} d={dilation} {h}x{w}", 330):
             break
         gen = torch.Generator().manual_seed(100 * q + 10 * dilation + h)
         b, c = setup.check_batch, setup.check_channels
@@ -198,7 +144,7 @@ def check_correctness(setup: Setup, budget: Budget, results: dict) -> bool:
                 ad = alpha.to(setup.device).requires_grad_()
                 y = autoregressive2d(xd, ad, boundary, dilation=dilation, backend=backend)
                 gx, ga = torch.autograd.grad(y, (xd, ad), g.to(setup.device, dtype))
-                errs = (_rel(y, yr), _rel(gx, gxr),
+                errs = (rel_err(y, yr), rel_err(gx, gxr),
                         float((ga.cpu().double() - gar).abs().max() / gar.abs().max().clamp_min(1.0)))
                 good = max(errs) < TOLERANCE[dtype]
                 ok &= good
@@ -236,8 +182,8 @@ def check_layout_compile_graphs(setup: Setup, budget: Budget, results: dict) -> 
             y = autoregressive2d(t, layer.alpha, "zeros", backend=backend)
         y32 = autoregressive2d(t.float(), layer.alpha, "zeros", backend=backend)
         checks[f"{backend} channels_last bf16 autocast"] = bool(
-            y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last) and _rel(y, y32) < 2e-2)
-    if "triton" in setup.backends:
+            y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last) and rel_err(y, y32) < 2e-2)
+    if "triton" in setup.backends and budget.allows("checks", "torch.compile and CUDA graphs", 300):
         previous = os.environ.get("ARMA_PLUGIN_BACKEND")
         os.environ["ARMA_PLUGIN_BACKEND"] = "triton"  # torch.compile and CUDA graphs see the layer's own call
         try:
@@ -249,7 +195,7 @@ def check_layout_compile_graphs(setup: Setup, budget: Budget, results: dict) -> 
             y = compiled(x)
             y.sum().backward()
             checks["triton torch.compile(fullgraph)"] = bool(torch.allclose(y, layer(x), rtol=1e-5, atol=1e-6))
-            if dev.type == "cuda":
+            if dev.type == "cuda" and budget.allows("checks", "CUDA graphs", 290):
                 graphed = torch.cuda.make_graphed_callables(copy.deepcopy(layer), (x,))
                 x.grad = None
                 y_graph = graphed(x)
@@ -271,49 +217,63 @@ def check_layout_compile_graphs(setup: Setup, budget: Budget, results: dict) -> 
 
 
 def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
-    """Time the triton variants; each must give the default variant's numbers (same arithmetic
-    per line: equal up to the order of the tap-gradient sums), else it is excluded."""
+    """Time the triton plan variants (fwd+bwd through the backend's functions); each must give
+    the default's numbers (equal up to the order of the tap-gradient sums), else it is excluded.
+    The layer table below uses the defaults: a faster variant is a change to make by hand."""
     if "triton" not in setup.backends:
         print("\n## Triton variants: skipped, the triton backend does not run here")
         return True
-    from arma_plugin.layers import ar_solve_triton
+    from arma_plugin.layers.ar_solve_triton import triton_ar_solve, triton_ar_solve_backward
 
-    knobs = ("BLOCK_LINES", "NUM_WARPS", "PIPELINE_STAGES")
     print("\n## Triton variants, fwd+bwd ms at B×C×H×W =", "×".join(map(str, setup.variant_shape)),
           "Q=1 fp32 circular" + (" (smoke: interpreter times, meaningless)" if setup.smoke else ""))
-    x = torch.randn(*setup.variant_shape, device=setup.device, requires_grad=True)
+    x = torch.randn(*setup.variant_shape, device=setup.device)
     grad = torch.randn_like(x)
-    alpha = (0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)).requires_grad_()
+    alpha = 0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)
 
-    def layer(t: torch.Tensor) -> torch.Tensor:
-        return autoregressive2d(t, alpha, "circular", backend="triton")
+    def run(fused: int, per_pass: int, warps: int | None) -> list[torch.Tensor]:
+        plan = dict(fused_elements=fused, pass_elements=per_pass, num_warps=warps)
+        y = triton_ar_solve(x, alpha, "circular", True, 1, **plan)
+        return [y, *triton_ar_solve_backward(grad, x, alpha, "circular", True, 1, **plan)]
 
-    def outputs() -> list[torch.Tensor]:
-        x.grad = alpha.grad = None
-        y = layer(x)
-        y.backward(grad)
-        return [y.detach().clone(), x.grad.clone(), alpha.grad.clone()]
-
-    default = outputs()
+    default = run(*setup.variants[0])
     rows = []
     for variant in setup.variants:
-        if not budget.allows("variants", f"variant {variant}", 180):
+        if not budget.allows("variants", f"variant {variant}", 250):
             break
-        for knob, value in zip(knobs, variant):
-            setattr(ar_solve_triton, knob, value)
-        same = max(_rel(a, b) for a, b in zip(outputs(), default)) < 1e-6
-        rows.append([*variant, median_ms(fwd_bwd(layer, x, grad), setup.device, setup.repeats, setup.warmup),
-                     "ok" if same else "MISMATCH (excluded)"])
-    good = [r for r in rows if r[-1] == "ok"]
-    best = min(good, key=lambda r: r[3]) if good else [64, 2, 1]
-    for knob, value in zip(knobs, best):
-        setattr(ar_solve_triton, knob, value)
-    # circular only: zeros runs the same sweeps (a compilation per variant and boundary costs ~1 s)
-    print(format_table(["lines/program", "warps", "pipeline stages", "ms", "vs default"], rows, float_format=".3f"))
-    print(f"fastest: BLOCK_LINES={best[0]} NUM_WARPS={best[1]} PIPELINE_STAGES={best[2]} (used below)")
-    results["variants"] = [dict(zip(["block_lines", "num_warps", "pipeline_stages", "ms", "status"], r)) for r in rows]
-    results["variant_used"] = dict(zip(knobs, best[:3]))
-    return len(good) == len(rows)
+        same = max(rel_err(a, b) for a, b in zip(run(*variant), default)) < 1e-6
+        ms = median_ms(lambda: run(*variant), setup.device, setup.repeats, setup.warmup)
+        rows.append([*variant, ms, "ok" if same else "MISMATCH (excluded)"])
+    print(format_table(["fused elements", "pass elements", "warps", "ms", "vs default"], rows, float_format=".3f"))
+    header = ["fused_elements", "pass_elements", "num_warps", "ms", "status"]
+    results["variants"] = [dict(zip(header, r)) for r in rows]
+    return all(r[-1] == "ok" for r in rows)
+
+
+def kernel_profile(setup: Setup, budget: Budget, results: dict) -> None:
+    """Per-kernel time of one layer fwd+bwd (the default backend for the device)."""
+    if not budget.allows("profile", "the per-kernel profile", 240):
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    shape = setup.variant_shape
+    x = torch.randn(*shape, device=setup.device, requires_grad=True)
+    grad = torch.randn_like(x)
+    alpha = (0.5 * torch.randn(shape[1], 1, 4, device=setup.device)).requires_grad_()
+    step = fwd_bwd(lambda t: autoregressive2d(t, alpha, "circular"), x, grad)
+    step()
+    sync(setup.device)
+    cuda = setup.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        step()
+        sync(setup.device)
+    events = [e for e in prof.key_averages() if (e.device_time_total if cuda else e.self_cpu_time_total) > 0]
+    rows = sorted(([e.key[:70], e.count, (e.device_time_total if cuda else e.self_cpu_time_total) / 1e3]
+                   for e in events), key=lambda r: -r[2])[:15]
+    print(f"\n## Kernels of one AR layer fwd+bwd at {'×'.join(map(str, shape))}, Q=1 circular "
+          f"({'device' if cuda else 'CPU self'} time, ms)")
+    print(format_table(["kernel", "calls", "ms"], rows, float_format=".4f"))
+    results["profile"] = [dict(zip(["kernel", "calls", "ms"], r)) for r in rows]
 
 
 def layer_table(setup: Setup, budget: Budget, results: dict) -> None:
@@ -333,7 +293,7 @@ def layer_table(setup: Setup, budget: Budget, results: dict) -> None:
             for q in setup.layer_qs:
                 alpha = (0.5 * torch.randn(c, q, 4, device=dev)).requires_grad_()
                 for boundary in BOUNDARIES:
-                    if not budget.allows("layer table", f"{shape} {dtype} Q={q} {boundary}", 90):
+                    if not budget.allows("layer table", f"{shape} {dtype} Q={q} {boundary}", 150):
                         _print_layer_rows(setup, rows, results)
                         return
                     row = {"shape": "×".join(map(str, shape)), "dtype": dtype, "Q": q, "boundary": boundary,
@@ -364,72 +324,10 @@ def _print_layer_rows(setup: Setup, rows: list[dict], results: dict) -> None:
     results["layer"] = rows
 
 
-def _model_factories() -> dict[str, Callable[[], nn.Module]]:
-    import segmentation_models_pytorch as smp
-    import timm
-
-    return {"resnet18": lambda: timm.create_model("resnet18", pretrained=False),
-            "vgg11": lambda: timm.create_model("vgg11", pretrained=False),
-            "convnext_tiny": lambda: timm.create_model("convnext_tiny", pretrained=False),
-            "smp-unet-resnet34": lambda: smp.Unet("resnet34", encoder_weights=None)}
-
-
-def model_table(setup: Setup, budget: Budget, results: dict) -> None:
-    print(f"\n## Models, train step (fwd+bwd+SGD) median of {setup.model_repeats}, ms")
-    try:
-        factories = _model_factories()
-        from arma_plugin.convert import armafy
-    except ImportError as err:
-        note = f"model table skipped: {err}"
-        print(note)
-        budget.skipped.append(note)
-        return
-    torch.backends.cudnn.benchmark = True
-    rows = []
-    for name, shape in setup.models:
-        for dtype in setup.dtypes:
-            if not budget.allows("model table", f"{name} {dtype}", 35):
-                _print_model_rows(rows, results)
-                return
-            rows.append(_model_row(setup, factories[name], armafy, name, shape, dtype))
-            if setup.device.type == "cuda":
-                torch.cuda.empty_cache()
-    _print_model_rows(rows, results)
-
-
-def _model_row(setup: Setup, factory: Callable[[], nn.Module], armafy: Callable, name: str,
-               shape: tuple[int, ...], dtype: str) -> dict:
-    x = torch.randn(*shape, device=setup.device)
-    original = factory().to(setup.device).train()
-    variants = {"original": original}
-    for boundary in BOUNDARIES:
-        variants[boundary] = armafy(original, boundary=boundary).to(setup.device)  # a converted copy
-    row = {"model": name, "input": "×".join(map(str, shape)), "dtype": dtype}
-    for variant, model in variants.items():
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-
-        def step(model: nn.Module = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
-            with setup.autocast(dtype):
-                loss = model(x).float().square().mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        row[f"{variant}_ms"] = median_ms(step, setup.device, setup.model_repeats, setup.warmup)
-    return row
-
-
-def _print_model_rows(rows: list[dict], results: dict) -> None:
-    header = ["model", "input", "dtype", "original ms", "circular ms", "zeros ms", "circular/orig", "zeros/orig"]
-    print(format_table(header, [[r["model"], r["input"], r["dtype"], r["original_ms"], r["circular_ms"],
-                                 r["zeros_ms"], r["circular_ms"] / r["original_ms"], r["zeros_ms"] / r["original_ms"]]
-                                for r in rows], float_format=".3g"))
-    results["models"] = rows
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, Triton interpreter (a dry run)")
-    p.add_argument("--budget-s", type=float, default=300.0,
+    p.add_argument("--budget-s", type=float, default=420.0,
                    help="wall-clock budget after the imports, seconds (a started row may overrun it by ~30 s)")
     p.add_argument("--json", type=Path, help="also write every number to this JSON file")
     return p
@@ -450,17 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in versions.items()))
     results: dict = {"versions": versions, "errors": []}
     ok = True
-    for section in (check_correctness, check_layout_compile_graphs, pick_variant, layer_table, model_table):
+    for section in (check_correctness, check_layout_compile_graphs, pick_variant, kernel_profile, layer_table,
+                    model_table):
         try:
             ok &= section(setup, budget, results) is not False  # the tables return None
         except Exception:  # one broken section must not cost the rest of a one-shot GPU run
             traceback.print_exc()
             results["errors"].append(f"{section.__name__}: {traceback.format_exc(limit=-1).strip()}")
             ok = False
-    results["skipped"] = budget.skipped
-    results["all_checks_ok"] = ok
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        results["skipped"] = budget.skipped
+        results["all_checks_ok"] = ok
+        if args.json:  # after every section: a killed run keeps what it measured
+            args.json.write_text(json.dumps(results, indent=2, default=str))
     print("\nALL CHECKS OK" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
 

@@ -250,42 +250,102 @@ def test_compile_fullgraph_with_fake_tensors(monkeypatch):
     assert x.grad.dtype == torch.bfloat16 and layer.alpha.grad is not None
 
 
-# Compiles the kernels (both boundaries, full and half precision, with and without software
-# pipelining) to a CUDA binary, in a fresh interpreter without TRITON_INTERPRET: the interpreter accepts Python
-# that Triton's compiler rejects, and CI has no GPU to find out.
+# Compiles every kernel variant that the launches of the given maps use to a CUDA binary for
+# sm_90, in a fresh interpreter without TRITON_INTERPRET (the interpreter accepts Python that
+# Triton's compiler rejects, and CI has no GPU to find out), and reads each binary's resource
+# usage with the cuobjdump that ships with Triton: registers, and the stack frame and local
+# memory that hold register spills.
 _COMPILE_FOR_CUDA = """
+import json, os, re, subprocess, sys, tempfile
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from arma_plugin.layers import ar_solve_triton as m
+from arma_plugin.layers import ar_solve_triton as host, ar_solve_triton_kernels as kernels
 
-assert not m.INTERPRETED
-for data, circular, stages in (("fp32", True, 3), ("bf16", False, 1)):
-    for kernel, consts, pointers in (
-            (m._forward_axis_kernel, dict(TAP=0, Q=2, CIRCULAR=circular, BLOCK=64, STAGES=stages),
-             dict(src=data, work="fp32", dst=data, taps="fp32")),
-            (m._backward_axis_kernel,
-             dict(TAP=2, Q=2, CIRCULAR=circular, SOLVE_STATES=True, UNDO_FIRST=True, BLOCK=64, STAGES=stages),
-             dict(grad=data, u_work="fp32", u_dst=data, z_work="fp32", taps="fp32", partial="fp32"))):
-        signature = {name: "constexpr" if name in consts else "*" + pointers[name] if name in pointers else "i32"
-                     for name in kernel.arg_names}
-        compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"]
-print("compiled")
+assert not host.INTERPRETED
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def usage(kernel, pointers, consts, warps):
+    signature = {name: "constexpr" if name in consts else "*" + pointers[name] if name in pointers else "i32"
+                 for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": warps})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        dump = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], check=True, capture_output=True,
+                              text=True).stdout
+    return {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\\d+)", dump)}
+
+
+rows = []
+for h, w, dilation, circular, data, q, reparam, fused, per_pass in json.loads(sys.argv[1]):
+    acc = tl.float64 if data == "fp64" else tl.float32
+    for step in host._plan(h, w, dilation, circular, fused, per_pass):
+        consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
+                      **step.constants())
+        warps = host._warps(step.elements(), None)
+        name = f"{h}x{w} d{dilation} {'circular' if circular else 'zeros'} {data} Q{q} {step.constants()}"
+        rows.append((name + " forward", usage(kernels.forward_kernel, dict(src=data, dst=data, alpha=data),
+                                              consts, warps)))
+        rows.append((name + " backward", usage(kernels.backward_kernel,
+                                               dict(src=data, grad=data, dst=data, alpha=data, partial="fp32"),
+                                               consts, warps)))
+    rows.append((f"tap gradients Q{q} reparam={reparam}", usage(
+        kernels.tap_gradient_kernel, dict(partial="fp32", alpha=data, grad_alpha=data),
+        dict(Q=q, QP=triton.next_power_of_2(q), REPARAM=reparam, ACC=acc, ROWS=256), 4)))
+print(json.dumps(rows))
 """
 
 
-def test_kernels_compile_for_a_cuda_target():
+def _compile_for_cuda(variants) -> list:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_CUDA], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_CUDA, json.dumps(variants)], env=env,
+                            capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_gpu_check_smoke_run(tmp_path, monkeypatch):
+# (H, W, dilation, circular, data type, Q, reparam, fused elements, elements per pass)
+SMALL_VARIANTS = [(16, 16, 1, True, "fp32", 1, True, 16384, 4096),
+                  (9, 40, 2, False, "bf16", 2, False, 16384, 4096),
+                  (24, 40, 1, False, "fp32", 3, True, 256, 64)]
+
+
+def test_kernels_compile_for_a_cuda_target_without_spills():
+    """Small tiles (fused with one and two chains per axis, and both passes of the two-pass
+    plan): every variant compiles for sm_90, with no spills to local memory."""
+    for name, resources in _compile_for_cuda(SMALL_VARIANTS):
+        assert resources.get("STACK", 0) == 0 and resources.get("LOCAL", 0) == 0, (name, resources)
+
+
+# The maps' default plans: 128² fused (fp32, bf16), a 2048-long map in two passes, dilation 2,
+# Q = 3, float64. The fused float32 backward of a 128² plane holds the state and the gradient
+# (2 × 64 KiB) and the scan's temporaries: more than the 256 KiB register file of an SM holds
+# at once, so it spills (reported, not hidden: strict xfail below).
+FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 16384, 4096),
+                 (128, 128, 1, False, "bf16", 1, True, 16384, 4096),
+                 (64, 64, 2, True, "fp32", 2, True, 16384, 4096),
+                 (64, 64, 1, False, "fp64", 3, False, 16384, 4096),
+                 (3, 2048, 1, False, "fp32", 1, True, 4096, 4096)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", FULL_VARIANTS, ids=lambda v: f"{v[0]}x{v[1]}-d{v[2]}-{v[4]}-Q{v[5]}")
+def test_default_plans_compile_for_a_cuda_target(variant):
+    """Every kernel of the default plans compiles for sm_90 (~20-50 s per kernel on 2 cores)."""
+    rows = _compile_for_cuda([variant])
+    assert rows and all(resources.get("REG", 0) > 0 for _, resources in rows)
+    spilled = [(name, resources) for name, resources in rows if resources.get("STACK", 0) or resources.get("LOCAL", 0)]
+    print(json.dumps(rows, indent=1))
+    if spilled:
+        pytest.xfail(f"register spills: {spilled}")
+
+
+def test_gpu_check_smoke_run(tmp_path):
     """scripts/gpu_check.py --smoke: every section of the one-shot GPU run, on CPU at tiny sizes."""
-    for knob in ("BLOCK_LINES", "NUM_WARPS", "PIPELINE_STAGES"):  # the run sets the fastest variant's
-        monkeypatch.setattr(ar_solve_triton, knob, getattr(ar_solve_triton, knob))
     path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     gpu_check = importlib.util.module_from_spec(spec)
@@ -295,6 +355,7 @@ def test_gpu_check_smoke_run(tmp_path, monkeypatch):
     assert results["all_checks_ok"] and results["skipped"] == [] and results["errors"] == []
     assert {r["backend"] for r in results["correctness"]} >= {"triton", "torch"}
     assert [r["status"] for r in results["variants"]] == ["ok", "ok"]
+    assert results["profile"] and all(r["calls"] >= 1 for r in results["profile"])
     assert {(r["boundary"], r["Q"]) for r in results["layer"]} == {("circular", 1), ("zeros", 1)}
     assert all(r["numba_ms"] > 0 and r["torch_ms"] > 0 and "triton_ms" not in r for r in results["layer"])
     assert [r["model"] for r in results["models"]] == ["resnet18"]

@@ -71,8 +71,8 @@ def _plan(h: int, w: int, dilation: int, circular: bool, fused_elements: int,
 
 
 def _warps(elements: int, num_warps: int | None) -> int:
-    """Default: about 32 elements per thread, 1 to 16 warps."""
-    return num_warps or min(max(triton.next_power_of_2(elements) // (32 * 32), 1), 16)
+    """Default: about 8 elements of a tile per thread (the backward holds several tiles), 1 to 16 warps."""
+    return num_warps or min(max(triton.next_power_of_2(elements) // (32 * 8), 1), 16)
 
 
 def _accumulator(x: torch.Tensor):
@@ -82,8 +82,9 @@ def _accumulator(x: torch.Tensor):
 def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int, step: _Pass):
     b, c, h, w = x.shape
     args = (c, h, w, dilation, step.tile_h.n_chains, step.tile_w.n_chains)
-    consts = dict(Q=alpha.shape[1], QP=triton.next_power_of_2(alpha.shape[1]), CIRCULAR=boundary == "circular", REPARAM=reparam, ACC=_accumulator(x),
-                  **step.constants())
+    q = alpha.shape[1]
+    consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=boundary == "circular", REPARAM=reparam,
+                  ACC=_accumulator(x), **step.constants())
     return (b * c, step.blocks), args, consts
 
 
