@@ -44,146 +44,16 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import PartialState
-from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader
 
-from arma_plugin import ARMAConfig, armafy
-from arma_plugin.validation import check_positive_int
-from common import (TrainerState, add_training_args, check_decodable, fit, fit_options, hub_repo_for_seed,
-                    load_best_weights, load_hf_dataset, make_accelerator, make_lr_scheduler, open_image,
-                    prepare_output_dir, publish, seed_everything, seeded_split, seeds_from_args, tracker_config,
-                    validate_training_args, write_seed_table)
+from arma_plugin import ARMAConfig, armafy, check_positive_int
+from classify_data import build_datasets, rows_in_use
+from recipe_kit import (TrainerState, add_arma_args, add_training_args, claim_output_dir, hub_repo_for_seed,
+                        publish, recipe_accelerator, run_script, seeds_from_args, train_and_test, user_input,
+                        validate_training_args, write_seed_table)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-HOLDOUT = {"train": 7, "val": 1, "test": 2}  # for data without its own splits
-TRAIN_VAL = {"train": 9, "val": 1}  # for data with a test split only
-DATA_SEED = 2020  # the fixed split seed, independent of the training --seed
 SMOKE: dict[str, Any] = {"data": "digits", "model": "test_resnet", "image_size": 32, "epochs": 1,
                          "batch_size": 16, "limit": 120}
-
-
-# ----------------------------------------------------------------------------- data
-
-class ImageRows(Dataset):
-    """``(image, label)`` rows (image file paths, PIL images or arrays) resized and normalised
-    to ``[3, S, S]``; ``description`` names the rows' origin in errors."""
-
-    def __init__(self, images: Sequence[Any], labels: Sequence[int], image_size: int, description: str) -> None:
-        self.images, self.labels, self.image_size, self.description = images, labels, image_size, description
-        self.mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def load(self, index: int) -> Image.Image:
-        """The decoded image of row ``index``."""
-        image = self.images[index]
-        if isinstance(image, (str, Path)):
-            return open_image(image)
-        if isinstance(image, Image.Image):
-            image.load()
-            return image
-        return Image.fromarray(np.asarray(image))
-
-    def name(self, index: int) -> str:
-        image = self.images[index]
-        return str(image) if isinstance(image, (str, Path)) else f"{self.description} row {index}"
-
-    def check_decodable(self, indices: Sequence[int]) -> None:
-        """Decode the image of each row in ``indices`` once; name any that fails."""
-        check_decodable([self.name(i) for i in indices], lambda position: self.load(indices[position]), what="images")
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.load(index).convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
-        tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
-        return (tensor - self.mean) / self.std, int(self.labels[index])
-
-
-def digits_dataset(image_size: int) -> tuple[Dataset, int]:
-    """scikit-learn's 1797 handwritten digits (8x8, 0..16), bilinearly upsampled, 3 channels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
-    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
-    return TensorDataset(images, torch.tensor(digits.target)), 10
-
-
-def folder_dataset(root: Path, image_size: int) -> tuple[Dataset, int]:
-    """One sub-folder per class (the ImageFolder layout), checked before training."""
-    if not root.is_dir():
-        raise ValueError(f"--data-dir {str(root)!r} does not exist (expected one sub-folder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise ValueError(f"--data-dir {str(root)!r} has {len(classes)} class sub-folder(s); need at least 2")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"class folder {str(root / name)!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
-        paths += files
-        labels += [label] * len(files)
-    return ImageRows(paths, labels, image_size, f"--data-dir {str(root)!r}"), len(classes)
-
-
-def hf_splits(name: str, image_column: str | None, label_column: str, image_size: int) -> tuple[dict[str, Dataset], int]:
-    """train/val/test from ``--hf-dataset`` (e.g. ``uoft-cs/cifar10``)."""
-    splits = load_hf_dataset(name)
-    first = next(iter(splits.values()))
-    image_column = image_column or next((c for c in ("img", "image") if c in first.column_names), None)
-    for column in (image_column, label_column):
-        if column is None or column not in first.column_names:
-            raise ValueError(f"--hf-dataset {name!r} has no image/label column {column!r}; columns are "
-                             f"{first.column_names} (set --image-column/--label-column)")
-    num_classes = len(set(splits["train"][label_column])) if "train" in splits else 0
-    feature = first.features[label_column]
-    num_classes = getattr(feature, "num_classes", None) or num_classes
-
-    def rows(split_name: str) -> Dataset:
-        split = splits[split_name]
-        return ImageRows(split[image_column], split[label_column], image_size, f"--hf-dataset {name!r} {split_name}")
-
-    if "test" in splits and "train" in splits:
-        train = rows("train")
-        if "validation" in splits:
-            return {"train": train, "val": rows("validation"), "test": rows("test")}, num_classes
-        cut = seeded_split(len(train), TRAIN_VAL, DATA_SEED)
-        return {"train": Subset(train, cut["train"]), "val": Subset(train, cut["val"]),
-                "test": rows("test")}, num_classes
-    if len(splits) != 1:
-        raise ValueError(f"--hf-dataset {name!r} has splits {sorted(splits)}; need train+test or a single split")
-    whole = rows(next(iter(splits)))
-    return {k: Subset(whole, v) for k, v in seeded_split(len(whole), HOLDOUT, DATA_SEED).items()}, num_classes
-
-
-def rows_in_use(datasets: dict[str, Dataset]) -> list[tuple["ImageRows", list[int]]]:
-    """Each :class:`ImageRows` behind the splits, with the rows the splits use (``--limit``
-    uses a subset: only those are decoded before training)."""
-    used: dict[int, tuple[ImageRows, set[int]]] = {}
-    for dataset in datasets.values():
-        rows, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
-        if isinstance(rows, ImageRows):
-            used.setdefault(id(rows), (rows, set()))[1].update(indices)
-    return [(rows, sorted(indices)) for rows, indices in used.values()]
-
-
-def build_datasets(args: argparse.Namespace) -> tuple[dict[str, Dataset], int]:
-    """train/val/test datasets and the number of classes, from the chosen source."""
-    if args.hf_dataset is not None:
-        splits, num_classes = hf_splits(args.hf_dataset, args.image_column, args.label_column, args.image_size)
-    else:
-        whole, num_classes = (digits_dataset(args.image_size) if args.data == "digits"
-                              else folder_dataset(args.data_dir, args.image_size))
-        order = list(range(len(whole)))
-        if args.limit is not None:
-            order = np.random.default_rng(DATA_SEED).permutation(len(whole))[:args.limit].tolist()
-        cut = seeded_split(len(order), HOLDOUT, DATA_SEED)
-        splits = {k: Subset(whole, [order[i] for i in v]) for k, v in cut.items()}
-    return splits, num_classes
 
 
 # ----------------------------------------------------------------------------- model
@@ -245,7 +115,7 @@ def metrics_markdown(args: argparse.Namespace, scores: dict[str, float], state: 
             f"| cross-entropy | {scores['loss']:.4f} |\n| non-finite training loss | {nonfinite} |\n")
 
 
-def plot_compare_reparam(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot_compare_reparam(curves: dict[str, list[dict[str, float]]], path: Path, title: str) -> None:
     """Fig. 5: training loss and accuracy per iteration, with and without re-parameterisation."""
     import matplotlib
 
@@ -265,6 +135,7 @@ def plot_compare_reparam(curves: dict[str, list[dict[str, float]]], path: Path) 
     loss_ax.set(xlabel="iterations", ylabel="training loss", yscale="log")
     acc_ax.set(xlabel="iterations", ylabel="training accuracy (%)")
     acc_ax.legend()
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -281,52 +152,38 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     non-finite training step and every step's logged values."""
     seed, reparam = config["seed"], config["reparam"]
     variant = variant_name(reparam)
-    accelerator = make_accelerator(args)
-    accelerator.init_trackers("classify", config=tracker_config(args))
-    datasets, num_classes = build_datasets(args)
-    for rows, indices in rows_in_use(datasets):
-        rows.check_decodable(indices)
-    accelerator.print(f"{num_classes} classes; samples: " + ", ".join(f"{k} {len(v)}" for k, v in datasets.items()))
+    with recipe_accelerator(args, "classify") as accelerator:
+        with user_input():
+            datasets, num_classes = build_datasets(args)
+            for rows, indices in rows_in_use(datasets):
+                rows.check_decodable(indices)
+        accelerator.print(f"{num_classes} classes; samples: " + ", ".join(f"{k} {len(v)}" for k, v in datasets.items()))
 
-    seed_everything(seed, deterministic=args.deterministic)
-    model = build_model(args, num_classes, reparam)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    loaders = [DataLoader(datasets[key], batch_size=config["batch_size"], shuffle=key == "train",
-                          num_workers=args.num_workers, drop_last=key == "train")
-               for key in ("train", "val", "test")]
-    lr_scheduler = make_lr_scheduler(args, optimizer, len(loaders[0]))
-    model, optimizer, lr_scheduler, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, lr_scheduler, *loaders)
+        def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+            images, labels = batch
+            logits = model(images)
+            return {"loss": F.cross_entropy(logits, labels),
+                    "accuracy": (logits.argmax(1) == labels).float().mean()}
 
-    def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        logits = model(images)
-        return {"loss": F.cross_entropy(logits, labels),
-                "accuracy": (logits.argmax(1) == labels).float().mean()}
+        def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+            return evaluate_classifier(accelerator, model, loader)
 
-    run_dir = args.output_dir / variant / f"seed_{seed}"
-    state = fit(accelerator, model, optimizer, train_loader, training_step=training_step,
-                evaluate=lambda m: evaluate_classifier(accelerator, m, val_loader),
-                epochs=config["epochs"], run_dir=run_dir, monitor="accuracy", mode="max",
-                log_prefix=f"{variant}/seed_{seed}/", lr_scheduler=lr_scheduler, **fit_options(args, run_dir))
-    if state.best_epoch is not None:
-        load_best_weights(accelerator, model, run_dir)
-    scores = evaluate_classifier(accelerator, model, test_loader)
-    accelerator.print(f"{variant} seed {seed}: test accuracy {scores['accuracy']:.4f}, "
-                      f"first non-finite loss at step {state.first_nonfinite_step}")
-    if accelerator.is_main_process:
-        record = {"seed": seed, "model": args.model, "reparam": reparam, "arma": not args.no_arma,
-                  "best_epoch": state.best_epoch, "first_nonfinite_step": state.first_nonfinite_step,
-                  "num_processes": accelerator.num_processes, "test_size": len(datasets["test"]), **scores}
-        (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
-        card = {"metrics": metrics_markdown(args, scores, state, reparam),
-                "description": f"`{args.model}` trained with `recipes/classify.py` (seed {seed})."}
-        repo_id = hub_repo_for_seed(args, seed, variant if args.compare_reparam else None)
-        publish(accelerator.unwrap_model(model), run_dir / "final", card, repo_id)
-    accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:  # not end_training(): later runs still need the process group
-        tracker.finish()
-    accelerator.free_memory()
+        run_dir = args.output_dir / variant / f"seed_{seed}"
+        run = train_and_test(accelerator, args, config, build_model=lambda: build_model(args, num_classes, reparam),
+                             datasets=datasets, training_step=training_step, evaluate=evaluate, test=evaluate,
+                             run_dir=run_dir, monitor="accuracy", log_prefix=f"{variant}/seed_{seed}/")
+        scores, state = run.test, run.state
+        accelerator.print(f"{variant} seed {seed}: test accuracy {scores['accuracy']:.4f}, "
+                          f"first non-finite loss at step {state.first_nonfinite_step}")
+        if accelerator.is_main_process:
+            record = {"seed": seed, "model": args.model, "reparam": reparam, "arma": not args.no_arma,
+                      "best_epoch": state.best_epoch, "first_nonfinite_step": state.first_nonfinite_step,
+                      "num_processes": accelerator.num_processes, "test_size": len(datasets["test"]), **scores}
+            (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
+            card = {"metrics": metrics_markdown(args, scores, state, reparam),
+                    "description": f"`{args.model}` trained with `recipes/classify.py` (seed {seed})."}
+            repo_id = hub_repo_for_seed(args, seed, variant if args.compare_reparam else None)
+            publish(accelerator.unwrap_model(run.model), run_dir, card, repo_id)
     return {**scores, "first_nonfinite_step": state.first_nonfinite_step, "steps": state.steps}
 
 
@@ -335,12 +192,18 @@ def write_outputs(args: argparse.Namespace, results: dict[str, dict[int, dict[st
     rows = {name: {seed: {k: r[k] for k in ("accuracy", "loss")} for seed, r in per_seed.items()}
             for name, per_seed in results.items()}
     md, _ = write_seed_table(rows, ("accuracy", "loss"), args.output_dir / "results")
-    print(md.read_text())
+    print(f"{md.read_text()}\noutputs in {args.output_dir}: results.md/.json (the table above); per run "
+          "<variant>/seed_<s>/test_metrics.json, <variant>/seed_<s>/final (save_pretrained checkpoint with its "
+          "model card), <variant>/seed_<s>/best and <variant>/seed_<s>/checkpoints"
+          + ("; compare_reparam.png and compare_reparam.json" if args.compare_reparam else ""))
     if args.compare_reparam:
         seed = seeds_from_args(args)[0]
         labels = {"reparam": "with reparam", "no_reparam": "without reparam"}
+        source = args.hf_dataset or (str(args.data_dir) if args.data_dir else args.data)
         plot_compare_reparam({labels[name]: per_seed[seed]["steps"] for name, per_seed in results.items()},
-                             args.output_dir / "compare_reparam.png")
+                             args.output_dir / "compare_reparam.png",
+                             f"{args.model} (all convolutions ARMA) on {source}, seed {seed}: training with "
+                             "and without the re-parameterisation of the AR taps (paper Fig. 5)")
         summary = {name: {s: {k: r[k] for k in ("first_nonfinite_step", "accuracy", "loss")}
                           for s, r in per_seed.items()} for name, per_seed in results.items()}
         (args.output_dir / "compare_reparam.json").write_text(json.dumps(summary, indent=1))
@@ -360,8 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learn the raw AR taps instead of the stable re-parameterisation (Thm 7)")
     model.add_argument("--compare-reparam", action="store_true",
                        help="train with and without re-parameterisation and plot both (Fig. 5)")
-    model.add_argument("--ar-kernel-size", type=int, default=3)
-    model.add_argument("--boundary", default="circular", help="AR boundary: circular or zeros")
+    add_arma_args(model)
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group()
     source.add_argument("--data", choices=("digits",), help="a built-in offline dataset")
@@ -385,6 +247,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.data is None and args.hf_dataset is None and args.data_dir is None:
         parser.error("give one of --data digits, --hf-dataset, --data-dir or --smoke")
+    with user_input():
+        check_args(args)
+    args.model_kwargs = parse_model_kwargs(args.model_kwargs)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flag values and combinations argparse cannot check, before anything runs."""
     validate_training_args(args)
     if not timm.is_model(args.model):
         close = timm.list_models(f"*{args.model.split('.')[0][:5]}*")[:8]
@@ -396,26 +266,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.limit is not None and args.hf_dataset is not None:
         raise ValueError("--limit applies to --data/--data-dir; for --hf-dataset pick a split slice instead")
     check_positive_int("--image-size", args.image_size, minimum=8)
-    args.model_kwargs = parse_model_kwargs(args.model_kwargs)
-    ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary)  # validates both
-    return args
+    parse_model_kwargs(args.model_kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
     """Parse, claim ``--output-dir``, train every variant once per seed and write the outputs."""
     args = parse_args(argv)
-    prepare_output_dir(args)
-    config = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
-    reparams = (True, False) if args.compare_reparam else (args.reparam,)
-    results = {variant_name(reparam): {seed: training_function({**config, "seed": seed, "reparam": reparam}, args)
-                                       for seed in seeds_from_args(args)}
-               for reparam in reparams}
-    state = PartialState()
-    if state.is_main_process:
-        write_outputs(args, results)
-    state.destroy_process_group()
+    with claim_output_dir(args) as state:
+        config = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
+        reparams = (True, False) if args.compare_reparam else (args.reparam,)
+        results = {variant_name(reparam): {seed: training_function({**config, "seed": seed, "reparam": reparam}, args)
+                                           for seed in seeds_from_args(args)}
+                   for reparam in reparams}
+        if state.is_main_process:
+            write_outputs(args, results)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -51,16 +51,15 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import PartialState
 from torch.utils.data import DataLoader
 
 from arma_plugin import ARMAConfig, armafy
 from arma_plugin.metrics import SEGMENTATION_METRICS, confusion_counts, segmentation_scores
-from common import (add_training_args, count_parameters, fit, fit_options, hub_repo_for_seed, load_best_weights,
-                    make_accelerator, make_lr_scheduler, prepare_output_dir, publish, seed_everything,
-                    seeds_from_args, tracker_config, validate_training_args, write_seed_table)
 from isic_data import (IMAGE_DIR, SPLIT_SEED, FolderSource, LesionDataset, find_isic_pairs, load_hf_splits,
                        split_indices, write_synthetic_isic)
+from recipe_kit import (add_arma_args, add_training_args, claim_output_dir, hub_repo_for_seed, publish,
+                        recipe_accelerator, run_script, seeds_from_args, train_and_test, user_input,
+                        validate_training_args, write_seed_table)
 
 MODELS = ("unet", "nl-unet", "arma-unet", "nl-arma-unet")
 TABLE_COLUMNS = ("ACC", "SE", "SP", "PC", "F1", "JS", "thresholded_jaccard")
@@ -154,62 +153,55 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     """Train ``args.model`` with ``config`` (lr, epochs, batch_size, seed) into
     ``OUTPUT_DIR/seed_<seed>``; returns the run's record (test scores, parameters, best epoch)."""
     seed = config["seed"]
-    accelerator = make_accelerator(args)
-    accelerator.init_trackers("isic", config=tracker_config(args))
+    with recipe_accelerator(args, "isic") as accelerator:
+        datasets = load_datasets(accelerator, args)
+
+        def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+            images, masks = batch
+            return {"loss": F.binary_cross_entropy_with_logits(model(images), masks)}
+
+        def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+            return evaluate_segmentation(accelerator, model, loader)
+
+        run_dir = args.output_dir / f"seed_{seed}"
+        run = train_and_test(accelerator, args, config, build_model=lambda: build_model(args), datasets=datasets,
+                             training_step=training_step, evaluate=evaluate, test=evaluate, run_dir=run_dir,
+                             monitor="JS", log_prefix=f"seed_{seed}/")
+        scores, state = run.test, run.state
+        agree = ranks_agree(accelerator, scores)
+        if not agree:
+            raise RuntimeError("processes computed different test scores after gather_for_metrics")
+        accelerator.log({f"seed_{seed}/test_{k}": v for k, v in scores.items()}, step=state.step)
+        accelerator.print(f"seed {seed} test (best val epoch {state.best_epoch}): " +
+                          ", ".join(f"{k}={scores[k]:.4f}" for k in TABLE_COLUMNS))
+        record = {"seed": seed, "model": args.model, "parameters": run.parameters, "best_epoch": state.best_epoch,
+                  "num_processes": accelerator.num_processes, "ranks_agree": agree,
+                  "test_size": len(datasets["test"]), **scores}
+        if accelerator.is_main_process:
+            (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
+            card = {"metrics": metrics_markdown(args, scores, state.best_epoch), "tags": ["isic-2018"],
+                    "description": f"`{args.model}` trained with `recipes/isic.py` (seed {seed})."}
+            publish(accelerator.unwrap_model(run.model), run_dir, card, hub_repo_for_seed(args, seed))
+    return record
+
+
+def load_datasets(accelerator, args: argparse.Namespace) -> dict[str, LesionDataset]:
+    """:func:`build_datasets`, every file decoded once (``--smoke``: its synthetic data written
+    first); the split is written to ``OUTPUT_DIR/split.json``."""
     if args.smoke:
         with accelerator.main_process_first():
             if not (args.data_dir / IMAGE_DIR).is_dir():
                 write_synthetic_isic(args.data_dir, args.smoke_images)
-    datasets = build_datasets(args)
-    for source in {id(ds.source): ds.source for ds in datasets.values()}.values():
-        source.check_decodable()
+    with user_input():
+        datasets = build_datasets(args)
+        for source in {id(ds.source): ds.source for ds in datasets.values()}.values():
+            source.check_decodable()
     if accelerator.is_main_process and args.hf_dataset is None:
         split = {key: [ds.source.pairs[i][0].name for i in ds.indices] for key, ds in datasets.items()}
         (args.output_dir / "split.json").write_text(json.dumps({"split_seed": SPLIT_SEED, **split}, indent=1))
-    accelerator.print("samples: " + ", ".join(f"{k} {len(v)}" for k, v in datasets.items()))
-
-    seed_everything(seed, deterministic=args.deterministic)
-    model = build_model(args)
-    n_params = count_parameters(model)
-    accelerator.print(f"{args.model} ({args.arch}/{args.encoder}): {n_params:,} parameters")
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    loaders = {key: DataLoader(ds, batch_size=config["batch_size"], shuffle=key == "train",
-                               num_workers=args.num_workers, drop_last=key == "train")
-               for key, ds in datasets.items()}
-    lr_scheduler = make_lr_scheduler(args, optimizer, len(loaders["train"]))
-    model, optimizer, lr_scheduler, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, lr_scheduler, loaders["train"], loaders["val"], loaders["test"])
-
-    def training_step(model: nn.Module, batch) -> dict[str, torch.Tensor]:
-        images, masks = batch
-        return {"loss": F.binary_cross_entropy_with_logits(model(images), masks)}
-
-    run_dir = args.output_dir / f"seed_{seed}"
-    state = fit(accelerator, model, optimizer, train_loader, training_step=training_step,
-                evaluate=lambda m: evaluate_segmentation(accelerator, m, val_loader),
-                epochs=config["epochs"], run_dir=run_dir, monitor="JS", mode="max",
-                log_prefix=f"seed_{seed}/", lr_scheduler=lr_scheduler, **fit_options(args, run_dir))
-    load_best_weights(accelerator, model, run_dir)
-    scores = evaluate_segmentation(accelerator, model, test_loader)
-    agree = ranks_agree(accelerator, scores)
-    if not agree:
-        raise RuntimeError("processes computed different test scores after gather_for_metrics")
-    accelerator.log({f"seed_{seed}/test_{k}": v for k, v in scores.items()}, step=state.step)
-    accelerator.print(f"seed {seed} test (best val epoch {state.best_epoch}): " +
-                      ", ".join(f"{k}={scores[k]:.4f}" for k in TABLE_COLUMNS))
-    record = {"seed": seed, "model": args.model, "parameters": n_params, "best_epoch": state.best_epoch,
-              "num_processes": accelerator.num_processes, "ranks_agree": agree,
-              "test_size": len(datasets["test"]), **scores}
-    if accelerator.is_main_process:
-        (run_dir / "test_metrics.json").write_text(json.dumps(record, indent=1))
-        card = {"metrics": metrics_markdown(args, scores, state.best_epoch), "tags": ["isic-2018"],
-                "description": f"`{args.model}` trained with `recipes/isic.py` (seed {seed})."}
-        publish(accelerator.unwrap_model(model), run_dir / "final", card, hub_repo_for_seed(args, seed))
-    accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:  # not end_training(): later seeds still need the process group
-        tracker.finish()
-    accelerator.free_memory()
-    return record
+    source = f"synthetic lesions written to {args.data_dir} (not ISIC data)" if args.smoke else "samples"
+    accelerator.print(f"{source}: " + ", ".join(f"{k} {len(v)}" for k, v in datasets.items()))
+    return datasets
 
 
 def metrics_markdown(args: argparse.Namespace, scores: dict[str, float], best_epoch: int | None) -> str:
@@ -236,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--decoder-channels", type=int, nargs="+", default=None)
     model.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="paper: the Table-2 U-Net size (~3.45M parameters), 224x224, Adam lr 1e-3")
-    model.add_argument("--ar-kernel-size", type=int, default=3)
-    model.add_argument("--boundary", default="circular", help="AR boundary: circular or zeros")
+    add_arma_args(model)
     model.add_argument("--nonlocal-after", nargs="+", default=["decoder.blocks.0"],
                        help="modules followed by a non-local block in the nl-* models (Unet default: "
                             "the deepest decoder block)")
@@ -266,11 +257,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.data_dir is None and args.hf_dataset is None and not args.smoke:
         parser.error("give one of --data-dir, --hf-dataset or --smoke")
-    validate_training_args(args)
-    if args.image_size < 32 or args.image_size % 32:
-        raise ValueError(f"--image-size must be a multiple of 32 (U-Net downsamples 5 times), got {args.image_size}")
-    check_model_args(args)
-    ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary)  # validates both
+    with user_input():
+        validate_training_args(args)
+        if args.image_size < 32 or args.image_size % 32:
+            raise ValueError(f"--image-size must be a multiple of 32 (U-Net downsamples 5 times), "
+                             f"got {args.image_size}")
+        check_model_args(args)
     if args.smoke:
         args.data_dir = args.output_dir / "smoke_data"
     return args
@@ -279,18 +271,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, Any]]:
     """Parse, claim ``--output-dir``, train once per seed and write the seed table."""
     args = parse_args(argv)
-    prepare_output_dir(args)
-    config = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
-    results = {seed: training_function({**config, "seed": seed}, args) for seed in seeds_from_args(args)}
-    state = PartialState()
-    if state.is_main_process:
-        n_params = next(iter(results.values()))["parameters"]
-        md, _ = write_seed_table({args.model: results}, TABLE_COLUMNS, args.output_dir / "results",
-                                 extra_columns={args.model: {"params": f"{n_params / 1e6:.3f}M"}})
-        print(md.read_text())
-    state.destroy_process_group()
+    with claim_output_dir(args) as state:
+        config = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
+        results = {seed: training_function({**config, "seed": seed}, args) for seed in seeds_from_args(args)}
+        if state.is_main_process:
+            n_params = next(iter(results.values()))["parameters"]
+            md, _ = write_seed_table({args.model: results}, TABLE_COLUMNS, args.output_dir / "results",
+                                     extra_columns={args.model: {"params": f"{n_params / 1e6:.3f}M"}})
+            data = "synthetic smoke data (not ISIC)" if args.smoke else "the test split"
+            print(f"{md.read_text()}\noutputs in {args.output_dir}: results.md/.json (the table above, on {data}); "
+                  "per seed seed_<s>/test_metrics.json, seed_<s>/final (save_pretrained checkpoint with "
+                  "its model card), seed_<s>/best and seed_<s>/checkpoints")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

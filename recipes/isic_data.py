@@ -17,7 +17,8 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from common import check_decodable, load_hf_dataset, open_image, seeded_split
+from recipe_kit import (IMAGE_DECODE_ERRORS, check_decodable, load_hf_dataset, open_image, seeded_split,
+                        undecodable)
 
 IMAGE_DIR = "ISIC2018_Task1-2_Training_Input"
 MASK_DIR = "ISIC2018_Task1_Training_GroundTruth"
@@ -30,7 +31,8 @@ def find_isic_pairs(root: Path) -> list[tuple[Path, Path]]:
     """(image, mask) paths of an ISIC 2018 Task 1 folder, sorted by image id, fully checked.
 
     Raises ``ValueError`` for a missing folder, no images, images without masks or masks
-    without images (naming the first few) and masks whose size differs from their image's.
+    without images (naming the first few), files whose header cannot be read (listing them,
+    as :func:`~recipe_kit.data.check_decodable` does) and masks whose size differs from their image's.
     """
     layout = f"{IMAGE_DIR}/*.jpg and {MASK_DIR}/*{MASK_SUFFIX}"
     if not root.is_dir():
@@ -51,11 +53,19 @@ def find_isic_pairs(root: Path) -> list[tuple[Path, Path]]:
         raise ValueError(f"{len(no_image)} mask(s) in {root / MASK_DIR} have no image, e.g. "
                          f"{[i + MASK_SUFFIX for i in no_image[:5]]}")
     pairs = [(p, masks[p.stem]) for p in images]
-    mismatched = []
+    unreadable, mismatched = [], []
     for image_path, mask_path in pairs:
-        with Image.open(image_path) as image, Image.open(mask_path) as mask:  # reads headers only
-            if image.size != mask.size:
-                mismatched.append(f"{image_path.name} {image.size} vs mask {mask.size}")
+        sizes = []
+        for path in (image_path, mask_path):
+            try:
+                with Image.open(path) as opened:  # reads the header only
+                    sizes.append(opened.size)
+            except IMAGE_DECODE_ERRORS as error:
+                unreadable.append(f"{path} ({type(error).__name__}: {error})")
+        if len(sizes) == 2 and sizes[0] != sizes[1]:
+            mismatched.append(f"{image_path.name} {sizes[0]} vs mask {sizes[1]}")
+    if unreadable:
+        raise undecodable(unreadable, 2 * len(pairs), "image and mask files")
     if mismatched:
         raise ValueError(f"{len(mismatched)} mask(s) differ in size from their image, e.g. {mismatched[:5]}")
     return pairs

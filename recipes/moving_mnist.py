@@ -60,19 +60,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from arma_plugin import ARMAConfig, armafy
+from arma_plugin import ARMAConfig, armafy, check_choice, check_positive_int, format_table
 from arma_plugin.metrics import frame_psnr, frame_ssim, summarize_video_metrics
 from arma_plugin.models import ConvLSTMNet
-from arma_plugin.table import format_table
-from arma_plugin.validation import check_choice, check_positive_int
-from common import (add_training_args, count_parameters, fit, fit_options, load_best_weights, make_accelerator,
-                    make_lr_scheduler, prepare_output_dir, publish, seed_everything, seeds_from_args, summarize,
-                    tracker_config, validate_training_args, write_seed_table)
 from moving_mnist_data import DIGIT_SOURCES, FixedSequences, MovingMNIST, digit_size_for, load_digits
+from recipe_kit import (RecipeError, add_arma_args, add_training_args, claim_output_dir, count_parameters,
+                        hub_repo_for_seed, load_best_weights, make_accelerator, publish, recipe_accelerator,
+                        run_script, seed_everything, seeds_from_args, summarize, train_and_test, user_input,
+                        validate_training_args, write_seed_table)
 
 MODEL_FACTORY = "arma_plugin.models.convlstm:ConvLSTMNet"
 NO_AR = {"exclude_modules": ".*"}
@@ -237,20 +234,6 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
     """Train ``config["model"]`` at ``config["speed"]`` with ``config["seed"]`` into its run folder;
     returns its test scores, parameter count and the prediction of test sequence 0."""
     name, speed, seed = config["model"], config["speed"], config["seed"]
-    run_dir = run_dir_of(args, name, speed, seed)
-    accelerator = make_accelerator(args)
-    accelerator.init_trackers("moving_mnist", config=tracker_config(args))
-    seed_everything(seed, deterministic=args.deterministic)
-    model = build_model(args, name)
-    params = count_parameters(model)
-    train, val, test = make_datasets(args, speed, seed)
-    loaders = [DataLoader(ds, batch_size=config["batch_size"], shuffle=shuffle, num_workers=args.num_workers,
-                          drop_last=shuffle)
-               for ds, shuffle in ((train, True), (val, False), (test, False))]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    lr_scheduler = make_lr_scheduler(args, optimizer, len(loaders[0]))
-    model, optimizer, lr_scheduler, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, lr_scheduler, *loaders)
     all_steps = args.input_frames - 1 + args.future_frames
 
     def training_step(model, video):
@@ -258,19 +241,20 @@ def training_function(config: dict[str, Any], args: argparse.Namespace) -> dict[
         prediction = model(video[:, :args.input_frames], args.future_frames, output_frames=all_steps)
         return {"loss": loss_fn(prediction, video[:, 1:all_steps + 1])}
 
-    def evaluate(model):
-        scores = summarize_video_metrics(*predict_and_score(accelerator, model, val_loader, args)[:2])
-        return {"psnr": scores["psnr"], "ssim": scores["ssim"]}
+    with recipe_accelerator(args, "moving_mnist") as accelerator:
+        def evaluate(model, loader):
+            scores = summarize_video_metrics(*predict_and_score(accelerator, model, loader, args)[:2])
+            return {"psnr": scores["psnr"], "ssim": scores["ssim"]}
 
-    fit(accelerator, model, optimizer, train_loader, training_step=training_step, evaluate=evaluate,
-        epochs=config["epochs"], run_dir=run_dir, monitor="psnr", mode="max",
-        log_prefix=f"{name}/speed{speed}/seed_{seed}/", lr_scheduler=lr_scheduler, **fit_options(args, run_dir))
-    load_best_weights(accelerator, model, run_dir)
-    psnr, ssim, predictions = predict_and_score(accelerator, model, test_loader, args)
-    for tracker in accelerator.trackers:  # not end_training(): later runs still need the process group
-        tracker.finish()
-    accelerator.free_memory()
-    return {**config, "scores": summarize_video_metrics(psnr, ssim), "example": predictions[0], "params": params}
+        datasets = dict(zip(("train", "val", "test"), make_datasets(args, speed, seed)))
+        run = train_and_test(accelerator, args, config, build_model=lambda: build_model(args, name),
+                             datasets=datasets, training_step=training_step, evaluate=evaluate,
+                             test=lambda model, loader: predict_and_score(accelerator, model, loader, args),
+                             run_dir=run_dir_of(args, name, speed, seed), monitor="psnr",
+                             log_prefix=f"{name}/speed{speed}/seed_{seed}/")
+    psnr, ssim, predictions = run.test
+    return {**config, "scores": summarize_video_metrics(psnr, ssim), "example": predictions[0],
+            "params": run.parameters}
 
 
 def run_all(configs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -547,13 +531,12 @@ def save_checkpoints(args: argparse.Namespace, runs: Sequence[tuple[str, int, in
     for name, speed, seed in runs:
         run_dir = run_dir_of(args, name, speed, seed)
         model = build_model(args, name)
-        model.load_state_dict(load_file(str(run_dir / "best" / "model.safetensors")))
+        load_best_weights(model, run_dir)
         description = (f"`{name}` trained on Moving-MNIST at {speed}x speed (seed {seed}) with "
                        f"`recipes/moving_mnist.py --preset {args.preset}`.")
         card = dict(model_factory=MODEL_FACTORY, model_kwargs=model_kwargs(args, VARIANTS[name]),
                     metrics=table, description=description, tags=["video-prediction"])
-        repo_id = f"{args.push_to_hub}-{name}-speed{speed}-seed{seed}" if args.push_to_hub else None
-        paths.append(publish(model, run_dir / "final", card, repo_id))
+        paths.append(publish(model, run_dir, card, hub_repo_for_seed(args, seed, f"{name}-speed{speed}")))
     return paths
 
 
@@ -574,12 +557,12 @@ def build_parser(preset: str = "quick") -> argparse.ArgumentParser:
     group.add_argument("--digits-path", default=None, help="local MNIST copy (.npz / .npy / idx3-ubyte)")
     group.add_argument("--test-file", default=None, help="the fixed test file mnist_test_seq.npy")
     for key in ("frame_size", "digit_size", "num_digits", "input_frames", "future_frames", "train_sequences",
-                "val_sequences", "test_sequences", "ar_kernel_size"):
+                "val_sequences", "test_sequences"):
         group.add_argument(f"--{key.replace('_', '-')}", type=int, default=values[key])
     group.add_argument("--hidden-channels", nargs="+", type=int, default=values["hidden_channels"])
     group.add_argument("--layers-per-block", nargs="+", type=int, default=values["layers_per_block"])
     group.add_argument("--skip-stride", type=int, default=values["skip_stride"])
-    group.add_argument("--boundary", default=values["boundary"], help="AR boundary: circular or zeros")
+    add_arma_args(group, ar_kernel_size=values["ar_kernel_size"], boundary=values["boundary"])
     group.add_argument("--cpu-threads", type=int, default=values["cpu_threads"],
                        help="torch and numba threads per process (quick: 1); default: the libraries' own")
     group.add_argument("--parallel-runs", type=int, default=values["parallel_runs"],
@@ -600,7 +583,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser(preset.parse_known_args(argv)[0].preset).parse_args(argv)
     if "--seed" in (sys.argv[1:] if argv is None else argv):  # one explicit seed replaces the preset's list
         args.seeds = None
-    validate_args(args)
+    with user_input():
+        validate_args(args)
     return args
 
 
@@ -616,7 +600,7 @@ def validate_args(args: argparse.Namespace) -> None:
         check_positive_int("--speeds (1, 2, 3 = Table 3's 1x, 2x, 3x)", speed)
     check_choice("--digits", args.digits, DIGIT_SOURCES)
     if args.test_file is not None and not Path(args.test_file).is_file():
-        raise FileNotFoundError(f"--test-file {args.test_file!r} does not exist (expected the standard "
+        raise RecipeError(f"--test-file {args.test_file!r} does not exist (expected the standard "
                                 f"mnist_test_seq.npy, [20, N, 64, 64] uint8)")
     check_positive_int("--frame-size (SSIM uses a 7x7 window)", args.frame_size, minimum=8)
     if not 1 <= args.digit_size < args.frame_size:
@@ -625,7 +609,6 @@ def validate_args(args: argparse.Namespace) -> None:
     for key in ("num_digits", "input_frames", "future_frames", "train_sequences", "val_sequences", "test_sequences",
                 "parallel_runs"):
         check_positive_int(f"--{key.replace('_', '-')}", getattr(args, key))
-    ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary)  # validates both
     if args.cpu_threads is not None:
         check_positive_int("--cpu-threads", args.cpu_threads)
     if args.throughput_steps is not None:
@@ -664,32 +647,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                                 f"{args.train_sequences} sequences"], rows)
         print(f"{args.preset} preset, batch {args.batch_size} per process, {args.throughput_steps} timed steps:\n{table}")
         return {"throughput": rows}
-    prepare_output_dir(args)
-    seeds = seeds_from_args(args)
-    # ARMA runs first: with --parallel-runs, the longest jobs start first and the shorter ones fill in.
-    order = sorted(args.models, key=lambda m: not VARIANTS[m].arma)
-    configs = [{"model": m, "speed": s, "seed": seed, "lr": args.lr, "epochs": args.epochs,
-                "batch_size": args.batch_size} for s in args.speeds for m in order for seed in seeds]
-    state = PartialState()
-    state.print(f"Moving-MNIST {args.preset}: {args.frame_size}x{args.frame_size} frames, {args.num_digits} "
-                f"digit(s) of {args.digit_size} px, {args.input_frames}->{args.future_frames} frames, "
-                f"models={args.models}, speeds={args.speeds}, seeds={seeds}: {len(configs)} trainings, "
-                f"{args.parallel_runs} at a time")
-    start, cpu_start = time.perf_counter(), cpu_seconds()
-    records = run_all(configs, args)
-    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
-    out: dict[str, Any] = {}
-    if state.is_main_process:  # one process writes the table, pictures and checkpoints
-        out = report(args, records, seeds)
-        print(f"\n{out['table']}\ntrainings took {elapsed:.0f} s ({cpu:.0f} CPU-seconds).\nLook first at: "
-              + ", ".join(str(p) for p in out["pictures"])
-              + f"\ntable {args.output_dir / 'results.md'} (every seed's value in results.json), per-frame "
-              f"curves {args.output_dir / 'per_frame.json'}, checkpoints under "
-              f"{args.output_dir}/<model>/speed<s>/seed_<seed>/final")
-        out.update(seconds=elapsed, cpu_seconds=cpu)
-    state.destroy_process_group()
+    with claim_output_dir(args) as state:
+        seeds = seeds_from_args(args)
+        # ARMA runs first: with --parallel-runs, the longest jobs start first and the shorter ones fill in.
+        order = sorted(args.models, key=lambda m: not VARIANTS[m].arma)
+        configs = [{"model": m, "speed": s, "seed": seed, "lr": args.lr, "epochs": args.epochs,
+                    "batch_size": args.batch_size} for s in args.speeds for m in order for seed in seeds]
+        state.print(f"Moving-MNIST {args.preset}: {args.frame_size}x{args.frame_size} frames, {args.num_digits} "
+                    f"digit(s) of {args.digit_size} px, {args.input_frames}->{args.future_frames} frames, "
+                    f"models={args.models}, speeds={args.speeds}, seeds={seeds}: {len(configs)} trainings, "
+                    f"{args.parallel_runs} at a time")
+        start, cpu_start = time.perf_counter(), cpu_seconds()
+        records = run_all(configs, args)
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+        out: dict[str, Any] = {}
+        if state.is_main_process:  # one process writes the table, pictures and checkpoints
+            out = report(args, records, seeds)
+            print(f"\n{out['table']}\ntrainings took {elapsed:.0f} s ({cpu:.0f} CPU-seconds).\nLook first at: "
+                  + ", ".join(str(p) for p in out["pictures"])
+                  + f"\ntable {args.output_dir / 'results.md'} (every seed's value in results.json), per-frame "
+                  f"curves {args.output_dir / 'per_frame.json'}, checkpoints under "
+                  f"{args.output_dir}/<model>/speed<s>/seed_<seed>/final")
+            out.update(seconds=elapsed, cpu_seconds=cpu)
     return out
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -142,7 +142,7 @@ TINY = ["--frame-size", "12", "--digit-size", "5", "--hidden-channels", "4", "--
     (["--speeds", "0"], ValueError, "--speeds"),
     (["--speeds", "1", "-2"], ValueError, "--speeds"),
     (["--models", "convlstm7"], ValueError, "--models"),
-    (["--test-file", "nowhere/mnist_test_seq.npy"], FileNotFoundError, "--test-file"),
+    (["--test-file", "nowhere/mnist_test_seq.npy"], ValueError, "--test-file"),
     (["--boundary", "reflect"], ValueError, "boundary"),
     (["--digits", "emnist"], ValueError, "--digits"),
     (["--cpu-threads", "0"], ValueError, "--cpu-threads"),

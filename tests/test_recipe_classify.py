@@ -1,49 +1,44 @@
 """recipes/classify.py: smoke run, --compare-reparam outputs, data sources, bad input."""
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
 
+import matplotlib.figure
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
 import classify
-import common
+import recipe_kit.results
 from arma_plugin import from_pretrained
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator; leave no global state to other tests."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
-def compare_run(tmp_path_factory):
+def compare_run(tmp_path_factory, reset_accelerate_state):
     """Both variants once; ``--push-to-hub`` goes to a stand-in that records each repo."""
     output_dir = tmp_path_factory.mktemp("classify_smoke")
-    pushed = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common, "push_to_hub", lambda model, repo, **card: pushed.append(repo))
+    pushed, printed = [], io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(recipe_kit.results, "push_to_hub", lambda model, repo, **card: pushed.append(repo))
         results = classify.main(["--smoke", "--compare-reparam", "--deterministic", "--output-dir", str(output_dir),
                                  "--push-to-hub", "someone/vgg-arma"])
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.use_deterministic_algorithms(False)
-    return output_dir, results, pushed
+    reset_accelerate_state()
+    return output_dir, results, pushed, printed.getvalue()
 
 
 def test_each_compared_variant_is_pushed_to_its_own_repo(compare_run):
-    *_, pushed = compare_run
+    *_, pushed, _ = compare_run
     assert sorted(pushed) == ["someone/vgg-arma-no_reparam", "someone/vgg-arma-reparam"]
 
 
 def test_smoke_run_writes_metrics_checkpoint_and_loadable_card(compare_run):
-    output_dir, results, _ = compare_run
+    output_dir, results, *_ = compare_run
     run_dir = output_dir / "reparam" / "seed_0"
     record = json.loads((run_dir / "test_metrics.json").read_text())
     # 120 digits cut 7:1:2 -> 24 test images, every one counted once
@@ -57,8 +52,24 @@ def test_smoke_run_writes_metrics_checkpoint_and_loadable_card(compare_run):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_smoke_run_says_where_its_outputs_are(compare_run):
+    output_dir, *_, printed = compare_run
+    assert f"outputs in {output_dir}: results.md/.json" in printed
+    assert "compare_reparam.png and compare_reparam.json" in printed
+
+
+def test_compare_reparam_plot_has_a_title(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *args, **kwargs: saved.append(figure))
+    steps = [{"step": 1, "loss": 1.0, "accuracy": 0.5}, {"step": 2, "loss": float("nan"), "accuracy": 0.1}]
+    classify.plot_compare_reparam({"with reparam": steps, "without reparam": steps}, tmp_path / "plot.png",
+                                  "vgg11 on digits: with and without re-parameterisation")
+    figure, = saved
+    assert figure._suptitle.get_text() == "vgg11 on digits: with and without re-parameterisation"
+
+
 def test_compare_reparam_writes_curves_plot_and_summary(compare_run):
-    output_dir, results, _ = compare_run
+    output_dir, results, *_ = compare_run
     png = output_dir / "compare_reparam.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((output_dir / "compare_reparam.json").read_text())

@@ -1,4 +1,6 @@
 """recipes/isic.py: smoke run end to end, resume, two gloo processes, data loading, bad input."""
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -10,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
-import common
 import isic
 import isic_data
+import recipe_kit.results
 from arma_plugin import from_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,12 +25,7 @@ SMOKE_IMAGES = 12  # fewer than --smoke's 24 to keep CI short: split 8 / 1 / 3
 SMOKE_TEST_SIZE = 3
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator; leave no global state to other tests."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def run(output_dir: Path, *extra: str) -> dict:
@@ -38,34 +34,39 @@ def run(output_dir: Path, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, reset_accelerate_state):
     """One 2-epoch smoke run; ``--push-to-hub`` goes to a stand-in that records its call."""
     output_dir = tmp_path_factory.mktemp("isic_smoke")
-    pushed = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common, "push_to_hub", lambda model, repo, **card: pushed.append((model, repo, card)))
+    pushed, printed = [], io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(recipe_kit.results, "push_to_hub", lambda model, repo, **card: pushed.append((model, repo, card)))
         results = run(output_dir, "--epochs", "2", "--push-to-hub", "someone/arma-unet-smoke")
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.use_deterministic_algorithms(False)
-    return output_dir, results, pushed
+    reset_accelerate_state()
+    return output_dir, results, pushed, printed.getvalue()
+
+
+def test_smoke_run_says_its_data_is_synthetic_and_where_its_outputs_are(smoke_run):
+    output_dir, *_, printed = smoke_run
+    assert f"synthetic lesions written to {output_dir / 'smoke_data'} (not ISIC data)" in printed
+    assert f"outputs in {output_dir}: results.md/.json (the table above, on synthetic smoke data" in printed
 
 
 def test_smoke_run_writes_metrics_checkpoints_and_card(smoke_run):
-    output_dir, results, _ = smoke_run
+    output_dir, results, *_ = smoke_run
     run_dir = output_dir / "seed_0"
     record = json.loads((run_dir / "test_metrics.json").read_text())
     assert record["n_images"] == record["test_size"] == SMOKE_TEST_SIZE
     assert record["JS"] == results[0]["JS"]  # the same float, through JSON
     table = json.loads((output_dir / "results.json").read_text())
     assert table["arma-unet"]["metrics"]["JS"]["per_seed"] == [record["JS"]]
-    assert "± " in (output_dir / "results.md").read_text()
+    assert "one seed: each cell is that run's value (no std)" in (output_dir / "results.md").read_text()
     assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["epoch_0001", "epoch_0002"]
     card = (run_dir / "final" / "README.md").read_text()
     assert f"| JS | {record['JS']:.4f} |" in card and "synthetic smoke data" in card
 
 
 def test_final_checkpoint_loads_with_from_pretrained_and_is_the_best_val_model(smoke_run):
-    output_dir, _, _ = smoke_run
+    output_dir, *_ = smoke_run
     run_dir = output_dir / "seed_0"
     model = from_pretrained(run_dir / "final")
     best = load_file(str(run_dir / "best" / "model.safetensors"))
@@ -77,7 +78,7 @@ def test_final_checkpoint_loads_with_from_pretrained_and_is_the_best_val_model(s
 
 
 def test_push_to_hub_gets_the_final_model_and_its_measured_card(smoke_run):
-    output_dir, results, pushed = smoke_run
+    output_dir, results, pushed, _ = smoke_run
     (model, repo, card), = pushed
     assert repo == "someone/arma-unet-smoke"
     assert f"| JS | {results[0]['JS']:.4f} |" in card["metrics"]
@@ -85,10 +86,10 @@ def test_push_to_hub_gets_the_final_model_and_its_measured_card(smoke_run):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
 
 
-def test_resume_after_epoch_one_matches_uninterrupted_run(smoke_run, tmp_path):
-    output_dir, _, _ = smoke_run
+def test_resume_after_epoch_one_matches_uninterrupted_run(smoke_run, tmp_path, fresh_accelerate_state):
+    output_dir, *_ = smoke_run
     run(tmp_path, "--epochs", "1")
-    AcceleratorState._reset_state(reset_partial_state=True)
+    fresh_accelerate_state()
     run(tmp_path, "--epochs", "2", "--resume-from-checkpoint")
     for name in ("best", "checkpoints/epoch_0002"):
         resumed = load_file(str(tmp_path / "seed_0" / name / "model.safetensors"))
@@ -98,7 +99,7 @@ def test_resume_after_epoch_one_matches_uninterrupted_run(smoke_run, tmp_path):
             assert torch.equal(resumed[key], tensor), (name, key)
 
     # the data is checked again on resume: a file truncated since is named before any step
-    AcceleratorState._reset_state(reset_partial_state=True)
+    fresh_accelerate_state()
     image = sorted((tmp_path / "smoke_data" / isic_data.IMAGE_DIR).glob("*.jpg"))[0]
     _truncate(image)
     with pytest.raises(ValueError, match=rf"1 of {2 * SMOKE_IMAGES} image and mask files cannot be decoded: .*{image.name}"):
@@ -111,15 +112,15 @@ def _listing(folder: Path) -> list[str]:
 
 
 def test_new_run_into_a_used_output_dir_refuses_and_deletes_nothing(smoke_run):
-    output_dir, _, _ = smoke_run
+    output_dir, *_ = smoke_run
     before = _listing(output_dir)
-    with pytest.raises(ValueError, match="already holds a run .*--overwrite-output-dir"):
+    with pytest.raises(recipe_kit.RecipeError, match="already holds a run .*--overwrite-output-dir"):
         run(output_dir, "--epochs", "2")
     assert _listing(output_dir) == before
 
 
 def test_resume_with_a_changed_lr_refuses(smoke_run):
-    output_dir, _, _ = smoke_run
+    output_dir, *_ = smoke_run
     before = _listing(output_dir)
     with pytest.raises(ValueError, match=r"other settings: --lr 0.001 -> 0.01$"):
         run(output_dir, "--epochs", "2", "--resume-from-checkpoint", "--lr", "0.01")
@@ -157,6 +158,30 @@ def test_truncated_image_and_mask_fail_before_training_named(tmp_path):
     with pytest.raises(ValueError, match=rf"2 of 16 image and mask files cannot be decoded: .*{image.name}.*{mask.name}"):
         isic.main(["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--encoder", "resnet18"])
     assert not (tmp_path / "out" / "seed_0").exists()
+
+
+def test_unreadable_files_are_listed_before_training(tmp_path):
+    root = isic_data.write_synthetic_isic(tmp_path / "data", 8)
+    image = sorted((root / isic_data.IMAGE_DIR).glob("*.jpg"))[1]
+    mask = sorted((root / isic_data.MASK_DIR).glob("*.png"))[4]
+    data = bytearray(image.read_bytes())
+    data[2:200] = np.random.default_rng(0).integers(0, 256, 198, dtype=np.uint8).tobytes()  # scrambled header
+    image.write_bytes(bytes(data))
+    mask.write_bytes(b"")
+    with pytest.raises(recipe_kit.RecipeError,
+                       match=rf"2 of 16 image and mask files cannot be decoded: .*{image.name} .*{mask.name} "):
+        isic.main(["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--encoder", "resnet18"])
+    assert not (tmp_path / "out" / "seed_0").exists()
+
+
+def test_a_missing_data_dir_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["isic.py", "--data-dir", str(tmp_path / "nowhere"),
+                                     "--output-dir", str(tmp_path / "out"), "--encoder", "resnet18"])
+    with pytest.raises(SystemExit) as exit_:
+        recipe_kit.run_script(isic.main)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("isic.py: error: --data-dir ") and "does not exist" in error and error.count("\n") == 1
 
 
 def _free_port() -> int:
@@ -361,5 +386,5 @@ def test_model_variants(model, tmp_path):
 def test_paper_preset_is_the_table_2_size():
     args = isic.parse_args(["--preset", "paper", "--model", "unet", "--data-dir", "unused"])
     assert (args.encoder, args.image_size, args.lr) == ("mobilenet_v2", 224, 1e-3)
-    count = common.count_parameters(isic.build_model(args))
+    count = recipe_kit.count_parameters(isic.build_model(args))
     assert abs(count - 3.453e6) / 3.453e6 < 0.01  # Table 2: U-Net 3.453M; within 1%
