@@ -7,6 +7,7 @@ import torch
 
 import arma_plugin.layers.ar_solve_op  # noqa: F401  (registers torch.ops.arma_plugin.*)
 from arma_plugin.layers import ar_taps
+from arma_plugin.layers.ar_taps import ar_taps_backward
 from arma_plugin.layers.ar_solve_op import numba_available, triton_runs_on
 
 # One entry per backend; a backend that cannot run here is skipped with its reason. On CPU,
@@ -48,3 +49,40 @@ def test_opcheck_ar_solve_backward(backend, boundary, dtype):
     x, alpha, grad_y = _inputs(dtype)
     torch.library.opcheck(torch.ops.arma_plugin.ar_solve_backward.default,
                           (grad_y, x, alpha, boundary, True, 1, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2])
+def test_dtype_layout_and_empty_rules_hold_for_every_backend(backend):
+    """One set of rules in the op: the output and dX keep x's dtype and layout (half input is
+    solved in float32), d alpha keeps alpha's dtype, an empty batch solves nothing."""
+    gen = torch.Generator().manual_seed(1)
+    alpha = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(torch.bfloat16, memory_format=torch.channels_last)
+    op = torch.ops.arma_plugin.ar_solve
+    y = op(x, alpha, "zeros", True, 1, backend)
+    assert y.dtype == torch.bfloat16 and y.stride() == x.stride()
+    y32 = op(x.float().contiguous(), alpha, "zeros", True, 1, backend)
+    # one bfloat16 rounding of the float32 result (2^-8 relative to the largest entry)
+    assert (y.float() - y32).abs().max() <= 2 ** -8 * y32.abs().max()
+    grad_x, grad_alpha = torch.ops.arma_plugin.ar_solve_backward(torch.ones_like(x), x, alpha, "zeros", True, 1,
+                                                                 backend)
+    assert grad_x.dtype == torch.bfloat16 and grad_x.stride() == x.stride() and grad_alpha.dtype == torch.float64
+    empty = x[:0]
+    assert op(empty, alpha, "circular", True, 1, backend).shape == empty.shape
+    grad_x, grad_alpha = torch.ops.arma_plugin.ar_solve_backward(empty, empty, alpha, "circular", True, 1, backend)
+    assert grad_x.shape == empty.shape and torch.equal(grad_alpha, torch.zeros_like(alpha))
+
+
+def test_tap_chain_rule_matches_autograd():
+    """ar_taps_backward (the formula the Triton kernels evaluate) is autograd's chain rule of
+    ar_taps, the tanh cap's flat part included (|alpha| > 5.9: zero gradient)."""
+    gen = torch.Generator().manual_seed(2)
+    alpha = torch.randn(4, 3, 4, generator=gen, dtype=torch.float64) * 3
+    alpha[0, 0, 0] = 12.0  # beyond the cap
+    grad_taps = torch.randn(4, 3, 4, generator=gen, dtype=torch.float64)
+    for reparam in (True, False):
+        a = alpha.clone().requires_grad_()
+        (expected,) = torch.autograd.grad(ar_taps(a, reparam), a, grad_taps)
+        # float64, a few operations: agreement to rounding
+        assert torch.allclose(ar_taps_backward(alpha, grad_taps, reparam), expected, rtol=1e-12, atol=1e-15)
+    assert ar_taps_backward(alpha, grad_taps)[0, 0, 0] == 0

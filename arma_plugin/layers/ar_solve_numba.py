@@ -7,13 +7,8 @@ columns), one transpose of each plane into ``[W, G·H]``, the Q factors along W,
 back transposed. ``G = 1`` is one task per plane; larger ``G`` gives rows long enough to
 amortise the loop overhead (and the Thomas coefficients) on small planes. Each column's
 arithmetic does not depend on ``G``, so the values are the same bit for bit. ``G`` is chosen so
-that a group holds about ``GROUP_ELEMENTS`` elements. Measured single-thread fwd+bwd (float32,
-Q = 1, zeros; shared 2-core x86 CPU, columns interleaved in one run, noise about ±10 %):
-at 16×64×16², targets 4096–32768 (all G = 16) take 2.5–2.9 ms against 6.0 ms for one plane
-per task before grouping; at 16×32×32², 4096 (G = 4) 6.1 ms, 8192 (G = 8) 5.5 ms, G = 16
-5.0–5.7 ms; at 8×64×64², 4096 (G = 1) 24.7 ms, 8192 and 16384 (G = 2, 4) 22.3 ms; at
-8×64×128², 32768 (G = 2) 130 ms against 123 ms at G = 1. So 8192 (32 KiB of float32 per
-buffer).
+that a group holds about ``GROUP_ELEMENTS`` elements (8192: 32 KiB of float32 per buffer, the
+fastest group size measured; docs/benchmarks.md, "Group size of the numba kernels").
 
 A factor is a banded ``y[i] + right*y[i-d] + left*y[i+d]`` operator along axis 0 of a 2-D
 buffer:
@@ -339,10 +334,11 @@ def _group_size(batch: int, channels: int, h: int, w: int) -> int:
 
 
 def numba_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int) -> torch.Tensor:
-    """``Y = A^{-1} X`` for CPU ``x`` ``[B, C, H, W]`` (float32/float64), taps ``[C, Q, 4]``."""
+    """``Y = A^{-1} X`` for contiguous CPU ``x`` ``[B, C, H, W]`` and taps ``[C, Q, 4]`` of its dtype
+    (float32/float64; the op casts)."""
     out = torch.empty(x.shape, dtype=x.dtype)
-    taps_np = taps.detach().to(x.dtype).contiguous().numpy()
-    _run_plane_loop(_FORWARD_GROUPS, x.detach().contiguous().numpy(), taps_np, dilation, boundary == "circular",
+    taps_np = taps.detach().contiguous().numpy()
+    _run_plane_loop(_FORWARD_GROUPS, x.detach().numpy(), taps_np, dilation, boundary == "circular",
                     _group_size(*x.shape), out.numpy())
     return out
 
@@ -355,8 +351,7 @@ def numba_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.T
     n_chunks = -(-b // group)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     grad_taps = torch.empty(n_chunks * c, taps.shape[1], 4, dtype=torch.float64)
-    taps_np = taps.detach().to(x.dtype).contiguous().numpy()
-    _run_plane_loop(_BACKWARD_GROUPS, grad_y.detach().to(x.dtype).contiguous().numpy(),
-                    x.detach().contiguous().numpy(), taps_np, dilation, boundary == "circular", group,
-                    grad_x.numpy(), grad_taps.numpy())
+    taps_np = taps.detach().contiguous().numpy()
+    _run_plane_loop(_BACKWARD_GROUPS, grad_y.detach().numpy(), x.detach().numpy(), taps_np, dilation,
+                    boundary == "circular", group, grad_x.numpy(), grad_taps.numpy())
     return grad_x, grad_taps.view(n_chunks, c, taps.shape[1], 4).sum(0).to(taps.dtype)

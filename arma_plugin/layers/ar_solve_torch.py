@@ -106,8 +106,8 @@ def _circular_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor
                        dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
     h, w = x.shape[-2:]
     phase_h, f, phase_w, g, spectrum = _circular_spectra(taps, h, w, dilation)
-    # conj_physical, not the lazy conj view: in AOT-compiled inference graphs the view's
-    # conjugate bit was dropped (opcheck's test_aot_dispatch_dynamic caught wrong gradients).
+    # conj_physical, not the lazy conj view: AOT-compiled inference graphs drop the view's
+    # conjugate bit (opcheck's test_aot_dispatch_dynamic checks the gradients).
     spec_dx = torch.fft.rfft2(grad_y) / spectrum.conj_physical()
     grad_x = torch.fft.irfft2(spec_dx, s=(h, w))
     cross = (spec_dx.conj_physical() * torch.fft.rfft2(x)).sum(0)  # [C, H, W//2+1]
