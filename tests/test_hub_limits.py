@@ -84,6 +84,15 @@ def test_huge_integers_in_a_checkpoint_are_corrupt(where, value, message, tiny_c
     assert info.value.path.endswith("config.json")
 
 
+@pytest.mark.parametrize("args", [{"num_classes": 3 * 10**6}, {"num_classes": 4, "stem_width": 2**15}])
+def test_a_base_larger_than_its_weights_is_refused_before_it_is_allocated(args, tiny_checkpoint, tmp_path):
+    """Built for real, the first would ask for 1.2 GB, the second for 116 GB."""
+    directory = shutil.copytree(tiny_checkpoint, tmp_path / "m")
+    edit_config(directory, lambda c: c["base"]["model_args"].update(args))
+    with pytest.raises(CorruptCheckpointError, match=r"describes a base model holding \d+ values, more than"):
+        from_pretrained(directory)
+
+
 def test_numpy_integers_are_accepted_as_python_ints():
     assert type(check_positive_int("channels", np.int64(3))) is int
     assert type(check_odd_kernel_size("ar_kernel_size", np.int32(5))) is int

@@ -216,6 +216,19 @@ def _leaves(value: Any, where: str = "") -> list[tuple[str, Any]]:
     return [(where, value)]
 
 
+def _values_held(build: Callable[[], nn.Module]) -> int | None:
+    """The parameters and persistent buffers of the model ``build`` makes, counted on the ``meta``
+    device; ``None`` for a model that cannot be built there (the real build then says why)."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (Exception, SystemExit):
+        return None
+    persistent = set(model.state_dict())
+    return (sum(p.numel() for p in model.parameters())
+            + sum(b.numel() for name, b in model.named_buffers() if name in persistent))
+
+
 def _pretrained_switches_of(constructor: Callable) -> dict[str, Any]:
     """The pretrained switches ``constructor`` accepts, set off."""
     try:
@@ -225,9 +238,14 @@ def _pretrained_switches_of(constructor: Callable) -> dict[str, Any]:
     return {k: off for k, off in PRETRAINED_SWITCHES.items() if k in parameters}
 
 
-def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str,
-               policy: ImportPolicy) -> nn.Module:
-    """The base model with random weights; nothing is downloaded or read (module docstring)."""
+def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str, policy: ImportPolicy, *,
+               max_values: int | None = None) -> nn.Module:
+    """The base model with random weights; nothing is downloaded or read (module docstring).
+
+    ``max_values``: the number of values in the checkpoint's weights. A base whose state dict
+    would hold more (``num_classes=10**7`` in a small checkpoint) is refused before anything is
+    allocated: it is first built on the ``meta`` device, where tensors have no storage.
+    """
     refused = sorted(set(weight_sources(dict(overrides))) | (set(PRETRAINED_SWITCHES) & set(overrides)))
     if refused:
         raise ValueError(f"from_pretrained: overrides {refused} would load base weights; all weights "
@@ -267,7 +285,14 @@ def build_base(spec: BaseSpec, overrides: Mapping[str, Any], path: str,
         args = {**_pretrained_switches_of(cls), **args}
         build = lambda: cls(**args)  # noqa: E731
     try:
+        held = _values_held(build) if max_values is not None else None
+        if held is not None and held > max_values:
+            raise CorruptCheckpointError(path, f"describes a base model holding {held} values, more than "
+                                               f"the {max_values} in its weights; refused before "
+                                               "allocating it")
         return build()
+    except CorruptCheckpointError:
+        raise
     except (Exception, SystemExit) as err:  # the arguments come from the file: what they break is its fault
         problem = (f"cannot build {spec.library} {spec.architecture!r} with {args}: "
                    f"{type(err).__name__}: {err}")

@@ -186,12 +186,14 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
         tensors = read_weights(weights_path, None if armafy_base else config.get(SAVE_ID_KEY))
     policy = ImportPolicy.for_checkpoint(Path(config_path).parent,
                                          cache_dir or hf_constants.HF_HUB_CACHE, trusted)
+    # a strict load needs every value of the base in the file; overrides may re-head it larger
+    max_values = sum(t.numel() for t in tensors.values()) if strict and not overrides else None
     if armafy_base:  # load the base's own weights, then armafy
         spec = base_spec_from_library_config(config, config_path)
-        model = build_base(spec, overrides, config_path, policy)
+        model = build_base(spec, overrides, config_path, policy, max_values=max_values)
     else:  # armafy with the saved config, then load the ARMA weights
         spec, saved_config = parse_arma_config(config, config_path)
-        model = build_base(spec, overrides, config_path, policy)
+        model = build_base(spec, overrides, config_path, policy, max_values=max_values)
         if saved_config is not None:
             try:
                 model = armafy(model, saved_config, inplace=True)
