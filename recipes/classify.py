@@ -73,15 +73,11 @@ def parse_model_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def build_model(args: argparse.Namespace, num_classes: int, reparam: bool) -> nn.Module:
-    """``timm.create_model(--model)`` (random init), armafied unless ``--no-arma``.
-
-    A plain model still goes through ``armafy`` with every convolution excluded, so every
-    variant is saved and reloaded with the same ``save_pretrained``/``from_pretrained``.
-    """
+    """``timm.create_model(--model)`` (random init), armafied unless ``--no-arma``."""
     base = timm.create_model(args.model, pretrained=False, num_classes=num_classes, **args.model_kwargs)
-    config = ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary, reparam=reparam,
-                        exclude_modules=".*" if args.no_arma else None)
-    return armafy(base, config)
+    if args.no_arma:
+        return base
+    return armafy(base, ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary, reparam=reparam))
 
 
 # ----------------------------------------------------------------------------- training

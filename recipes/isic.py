@@ -19,9 +19,8 @@ before any training), and a ``--batch-size`` that leaves no training batch is re
 
 Models: ``--model unet | nl-unet | arma-unet | nl-arma-unet`` built with
 segmentation-models-pytorch (``--arch``, ``--encoder``, ``--encoder-weights``); ARMA variants
-through ``armafy``, non-local variants through ``ARMAConfig(nonlocal_after=...)``. Every
-variant goes through ``armafy`` (the non-ARMA ones with all convolutions excluded), so each is
-saved and reloaded the same way.
+through ``armafy``, non-local variants through ``ARMAConfig(nonlocal_after=...)``; ``unet`` is
+the plain SMP model. Every variant is saved and reloaded with ``save_pretrained``/``from_pretrained``.
 
 Data, all through one loader:
 - ``--data-dir``: the official ISIC 2018 Task 1 layout
@@ -123,9 +122,11 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     if unknown:
         raise ValueError(f"--nonlocal-after {unknown} are not modules of this {args.arch}; "
                          f"e.g. {[n for n in module_names if n.startswith('decoder.')][:8]}")
+    if args.model == "unet":
+        return base
     config = ARMAConfig(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary,
                         nonlocal_after=nonlocal_after,
-                        exclude_modules=None if "arma" in args.model else ".*")
+                        exclude_modules=None if "arma" in args.model else ".*")  # nl-unet: no AR convs
     return armafy(base, config)
 
 

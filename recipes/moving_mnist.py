@@ -1,12 +1,11 @@
 """Moving-MNIST video prediction: ConvLSTM vs ARMA-LSTM (Su et al., NeurIPS 2020, Table 3).
 
 The paper's claim tested here: the AR part's larger receptive field helps most when the
-digits move fast. Every model is the same :class:`~arma_plugin.models.ConvLSTMNet` plus an
-:class:`~arma_plugin.ARMAConfig` given to :func:`~arma_plugin.armafy` (the plain ConvLSTMs use
-a config that excludes every conv, so all variants share one code path and one checkpoint
-format). Each run is scored on the same generated test sequences as three trivial
-predictors (all-zero frames, the mean of the input frames, the last input frame repeated),
-and the ARMA-vs-baseline comparison is a criterion declared in this file (:data:`CRITERION`)
+digits move fast. Every model is the same :class:`~arma_plugin.models.ConvLSTMNet`, the ARMA
+and non-local variants with an :class:`~arma_plugin.ARMAConfig` given to
+:func:`~arma_plugin.armafy`; all are saved and reloaded with ``save_pretrained``/``from_pretrained``.
+Each run is scored on the same generated test sequences as three trivial predictors (all-zero
+frames, the mean of the input frames, the last input frame repeated), and the ARMA-vs-baseline comparison is a criterion declared in this file (:data:`CRITERION`)
 and printed with the table, whatever its outcome.
 
 This example supports, through Accelerate, with the same script:
@@ -73,7 +72,7 @@ from recipe_kit import (RecipeError, add_arma_args, add_training_args, claim_out
 
 MODEL_FACTORY = "arma_plugin.models.convlstm:ConvLSTMNet"
 NO_AR = {"exclude_modules": ".*"}
-"""ARMAConfig fields of a plain ConvLSTM: no conv is converted."""
+"""ARMAConfig fields of a ConvLSTM with non-local blocks and no AR part: no conv is converted."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +152,8 @@ def build_model(args: argparse.Namespace, name: str) -> ConvLSTMNet:
     """ConvLSTM of variant ``name``, armafied with its config (identity to the plain net at init)."""
     variant = VARIANTS[name]
     net = ConvLSTMNet(**model_kwargs(args, variant))
+    if not (variant.arma or variant.nonlocal_blocks):
+        return net
     example = torch.zeros(1, 2, 1, args.frame_size, args.frame_size)
     return armafy(net, arma_config(args, net, variant), example_inputs=example)
 

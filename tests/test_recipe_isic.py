@@ -374,13 +374,17 @@ def test_unknown_nonlocal_module_is_reported(tmp_path):
 
 
 @pytest.mark.parametrize("model", isic.MODELS)
-def test_model_variants(model, tmp_path):
+def test_model_variants_build_and_publish(model, tmp_path):
     args = isic.parse_args(["--smoke", "--model", model, "--output-dir", str(tmp_path)])
     built = isic.build_model(args)
     names = [name for name, _ in built.named_modules()]
     assert any(n.endswith(".ar") for n in names) == ("arma" in model)
     assert any(type(m).__name__ == "NonLocal2d" for m in built.modules()) == model.startswith("nl-")
     assert built(torch.randn(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+    loaded = from_pretrained(recipe_kit.publish(built, tmp_path, {}, repo_id=None))
+    assert type(loaded) is type(built)
+    for key, tensor in built.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
 
 
 def test_paper_preset_is_the_table_2_size():
