@@ -147,20 +147,24 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, *, revision: str | None 
             ``huggingface_hub.hf_hub_download`` (honours ``HF_HUB_OFFLINE`` and the cache).
         revision, cache_dir, local_files_only, token: passed to ``hf_hub_download``.
         map_location: device the returned model lives on.
-        strict: refuse missing or unexpected state-dict keys (shape mismatches are always refused).
+        strict: refuse missing or unexpected state-dict keys (shape and dtype mismatches, and
+            AR weights the rebuilt model has no layer for, are always refused).
         armafy_base: the directory is a plain timm (``save_for_hf``/``push_to_hf_hub``) or SMP
             (``save_pretrained``) checkpoint: load it as the base, then armafy it with
             ``arma_config`` (default ``ARMAConfig()``), giving an ARMA model equal to the base.
         arma_config: only with ``armafy_base=True``; an ARMA checkpoint uses its saved config.
         trust_factories: top-level package names (e.g. ``("mypkg",)``) from which a ``factory``
-            checkpoint's model class may be imported although they are not installed packages
-            (or are found in the current directory). Never the checkpoint's directory or the
-            Hub cache. See :mod:`arma_plugin.hub.factory` for the rule.
+            checkpoint's model class may be imported, besides modules already imported and the
+            packages the project trusts (arma_plugin, timm, segmentation_models_pytorch,
+            torchvision). Never a ``__main__`` module, the checkpoint's directory or the Hub
+            cache. See :mod:`arma_plugin.hub.factory` for the rule.
         **overrides: constructor arguments replacing the saved ones. A different head size
             (timm ``num_classes``, SMP ``classes``) re-heads the model the way timm does: the
             classifier / segmentation head starts fresh, every other weight is loaded.
 
-    Nothing is downloaded or read but the checkpoint: the base is always built without
+    A string that looks like a local path (it exists, starts with ``.``, ``/``, ``~``, or holds
+    more than one ``/``) is never looked up on the Hub. Nothing is downloaded or read but the
+    checkpoint: the base is always built without
     pretrained weights, and arguments that would fetch weights are refused
     (:mod:`arma_plugin.hub.base_spec`). The model is returned in eval mode, fully loaded or not
     at all: every failure caused by the checkpoint's content raises a :class:`CheckpointError`
