@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import moving_mnist
+import moving_mnist_plots
 from arma_plugin import from_pretrained
 from moving_mnist_data import FixedSequences, MovingMNIST, bounce, digit_size_for, load_digits
 
@@ -195,18 +196,18 @@ def test_trivial_predictors():
 
 
 def test_strip_labels_and_error_difference():
-    assert moving_mnist.time_labels(4, 2) == ["t\u22123", "t\u22122", "t\u22121", "t", "t+1", "t+2"]
+    assert moving_mnist_plots.time_labels(4, 2) == ["t\u22123", "t\u22122", "t\u22121", "t", "t+1", "t+2"]
     target = torch.tensor([0.0, 1.0, 0.5])
     arma, baseline = torch.tensor([0.0, 0.8, 0.5]), torch.tensor([0.2, 0.8, 0.1])
     # ARMA exact where the baseline is off (negative), both off by 0.2 (zero)
-    torch.testing.assert_close(moving_mnist.error_difference(arma, baseline, target), torch.tensor([-0.2, 0.0, -0.4]),
-                               rtol=0, atol=1e-6)  # float32 rounding of 0.8 and 0.1
+    difference = moving_mnist_plots.error_difference(arma, baseline, target)
+    torch.testing.assert_close(difference, torch.tensor([-0.2, 0.0, -0.4]), rtol=0, atol=1e-6)  # float32 rounding
 
 
 def test_standard_error_over_seeds():
     values = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 5.0]])
-    np.testing.assert_allclose(moving_mnist.standard_error(values), [1 / np.sqrt(3), 1.0])
-    np.testing.assert_array_equal(moving_mnist.standard_error(values[:1]), [0.0, 0.0])  # one seed: no band
+    np.testing.assert_allclose(moving_mnist_plots.standard_error(values), [1 / np.sqrt(3), 1.0])
+    np.testing.assert_array_equal(moving_mnist_plots.standard_error(values[:1]), [0.0, 0.0])  # one seed: no band
 
 
 ROW = "| {:<24} |"
@@ -221,7 +222,7 @@ def test_tiny_end_to_end(tmp_path):
     environment = out["results"]["environment"]
     assert {"torch", "numpy", "numba", "arma-plugin"} <= set(environment["versions"])
     assert environment["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
-    assert environment["cpu"] and environment["threads_per_run"] == torch.get_num_threads()
+    assert environment["cpu"] and environment["threads_per_run"] == 1  # the quick preset's --cpu-threads
     for name in ("convlstm3", "armalstm3"):
         metrics = out["results"][name]["metrics"]
         assert set(metrics) == {"psnr@3x", "ssim@3x"} and len(metrics["psnr@3x"]["per_seed"]) == 5
