@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .model_specs import MODEL_SPEC_HELP, build_model
+from .model_specs import MODEL_SPEC_HELP, build_model, is_library_spec
 from .table import format_table
 from .usage import USAGE_ERROR, OneLineErrorParser, UsageError, one_line, writable_path
 from .validation import positive_int
@@ -207,7 +207,8 @@ def _erf_of_models(args: argparse.Namespace) -> None:
     out = None if args.out is None else writable_path(args.out, "--out", directory=False)
     erfs = {}
     for spec in args.models:
-        model = build_model(spec, pretrained=args.pretrained, trust_factories=args.trust_factories)
+        model = build_model(spec, pretrained=args.pretrained and is_library_spec(spec),
+                            trust_factories=args.trust_factories)
         if hasattr(model, "forward_features"):
             model = _FeatureMap(model)
         _check_feature_map(model, spec, args.input_size)
@@ -318,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     erf.add_argument("--models", nargs="+", metavar="MODEL", help=MODEL_SPEC_HELP)
     erf.add_argument("--input-size", type=positive_int, nargs=3, default=[3, 64, 64], metavar=("C", "H", "W"))
     erf.add_argument("--samples", type=positive_int, default=16, help="random inputs per model")
-    erf.add_argument("--pretrained", action="store_true", help="pretrained weights for timm:/smp: models")
+    erf.add_argument("--pretrained", action="store_true",
+                     help="pretrained weights for the timm:/smp: models (checkpoints load their own)")
     _add_trust_factories(erf)
     erf.set_defaults(run=cmd_erf)
 

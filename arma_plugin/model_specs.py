@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .usage import UsageError
 
-__all__ = ["MODEL_SPEC_HELP", "LIBRARIES", "build_model"]
+__all__ = ["MODEL_SPEC_HELP", "LIBRARIES", "build_model", "is_library_spec"]
 
 MODEL_SPEC_HELP = ("timm:NAME (e.g. timm:vgg11), smp:ARCH/ENCODER (e.g. smp:Unet/resnet18), "
                    "or a checkpoint directory / Hub repo id (user/name) written by save_pretrained")
@@ -26,7 +26,7 @@ def build_model(spec: str, *, pretrained: bool = False, num_classes: int | None 
     """A model from ``timm:NAME``, ``smp:ARCH/ENCODER`` or a ``save_pretrained`` directory / Hub id
     (``trust_factories``: see :func:`~arma_plugin.from_pretrained`)."""
     library, sep, name = spec.partition(":")
-    if not sep or _looks_like_path(spec):
+    if not is_library_spec(spec):
         if num_classes is not None or pretrained:
             raise UsageError(f"--num-classes and --pretrained apply to timm:/smp: models, not to checkpoint {spec!r}")
         return _load_checkpoint(spec, trust_factories)
@@ -43,6 +43,12 @@ def build_model(spec: str, *, pretrained: bool = False, num_classes: int | None 
         raise UsageError(f"--pretrained: cannot download the weights of {spec} ({type(err).__name__}: {err}); "
                          "check the network (HF_HUB_OFFLINE=1 reads only the cache), or leave out --pretrained "
                          "for random weights") from err
+
+
+def is_library_spec(spec: str) -> bool:
+    """Whether ``spec`` names a model of a library (``timm:NAME``, ``smp:...``, or an unknown
+    ``prefix:...``, refused by :func:`build_model`) rather than a checkpoint."""
+    return ":" in spec and not _looks_like_path(spec)
 
 
 def _announce_download(spec: str, pretrained: bool) -> None:

@@ -366,3 +366,19 @@ def test_a_disk_that_cannot_take_the_checkpoint_is_one_line(tmp_path, capsys, mo
     monkeypatch.setattr(arma_plugin.hub, "save_pretrained", disk_full)
     code, _, err = run_main(capsys, "convert", "timm:test_resnet", "--out", str(tmp_path / "out"))
     assert_one_line_usage_error(code, err, "the checkpoint could not be written: [Errno 28] No space left on device")
+
+
+def test_erf_pretrained_applies_to_library_models_beside_checkpoints(checkpoint, capsys, monkeypatch):
+    """The documented comparison: a pretrained base next to its armafied checkpoint."""
+    import arma_plugin.cli
+
+    calls = {}
+
+    def record(spec, *, pretrained=False, **kwargs):
+        calls[spec] = pretrained
+        raise arma_plugin.cli.UsageError("stop after recording")
+
+    monkeypatch.setattr(arma_plugin.cli, "build_model", record)
+    for spec in ("timm:test_resnet", str(checkpoint)):
+        run_main(capsys, "erf", "--models", spec, "--pretrained")
+    assert calls == {"timm:test_resnet": True, str(checkpoint): False}
