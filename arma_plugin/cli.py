@@ -154,11 +154,26 @@ ERF_FIGURE_MAX_SIDE = 2048
 ERF_TABLE_MAX_LENGTH = 1 << 20
 
 
+# The options of each kind of erf run; the other kind refuses them. Their defaults are set
+# here, after parsing, so that an option given is told from one left out.
+THEOREM3_OPTIONS = ("layers", "coeffs", "kernel_size", "dilations", "table", "json")
+MODELS_OPTIONS = ("input_size", "samples", "pretrained", "trust_factories")
+ERF_DEFAULTS = {"layers": [1, 3, 5], "coeffs": [0.0, 0.6, 0.8, 0.9], "kernel_size": 3, "dilations": [1],
+                "input_size": [3, 64, 64], "samples": 16}
+
+
 def cmd_erf(args: argparse.Namespace) -> None:
+    foreign = [name for name in (THEOREM3_OPTIONS if args.models else MODELS_OPTIONS)
+               if getattr(args, name) not in (None, False, ())]
+    if foreign:
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        verb = "apply" if len(foreign) > 1 else "applies"
+        raise UsageError(f"{flags} {verb} only {'without' if args.models else 'with'} --models: with --models the "
+                         "ERF of each model is measured, without it Thm 3's linear networks are")
+    for name, default in ERF_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.models:
-        if args.table or args.json:
-            raise UsageError("--table/--json compare Thm 3's networks with the theorem; with --models the "
-                             "radii of the models are printed anyway")
         _erf_of_models(args)
         return
     if args.out is None and not (args.table or args.json):
@@ -309,16 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Without --models: ERF of Thm 3's linear ARMA networks, Fig. 3 (--out) and "
                                      "measured vs theoretical radius (--table, --json). With --models: ERF maps of "
                                      "the given models side by side (e.g. before and after armafy + fine-tuning).")
-    erf.add_argument("--layers", type=positive_int, nargs="+", default=[1, 3, 5], help="depths L")
-    erf.add_argument("--coeffs", type=_probability, nargs="+", default=[0.0, 0.6, 0.8, 0.9], help="AR coefficients a")
-    erf.add_argument("--kernel-size", type=positive_int, default=3, help="MA kernel size K")
-    erf.add_argument("--dilations", type=positive_int, nargs="+", default=[1], help="MA dilations d")
+    erf.add_argument("--layers", type=positive_int, nargs="+", help="depths L (default: 1 3 5)")
+    erf.add_argument("--coeffs", type=_probability, nargs="+", help="AR coefficients a (default: 0 0.6 0.8 0.9)")
+    erf.add_argument("--kernel-size", type=positive_int, help="MA kernel size K (default: 3)")
+    erf.add_argument("--dilations", type=positive_int, nargs="+", help="MA dilations d (default: 1)")
     erf.add_argument("--table", action="store_true", help="print measured vs Thm 3 radius as a markdown table")
     erf.add_argument("--json", action="store_true", help="print the table as JSON")
     erf.add_argument("--out", type=_png_path, help="PNG to write (Fig. 3, one per dilation; or the model comparison)")
     erf.add_argument("--models", nargs="+", metavar="MODEL", help=MODEL_SPEC_HELP)
-    erf.add_argument("--input-size", type=positive_int, nargs=3, default=[3, 64, 64], metavar=("C", "H", "W"))
-    erf.add_argument("--samples", type=positive_int, default=16, help="random inputs per model")
+    erf.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"),
+                     help="input of each model (default: 3 64 64)")
+    erf.add_argument("--samples", type=positive_int, help="random inputs per model (default: 16)")
     erf.add_argument("--pretrained", action="store_true",
                      help="pretrained weights for the timm:/smp: models (checkpoints load their own)")
     _add_trust_factories(erf)

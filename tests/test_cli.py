@@ -181,6 +181,9 @@ def test_erf_of_models_side_by_side(checkpoint, tmp_path, capsys):
     (["convert", "timm:test_resnet", "--out", "x", "--mode", "graph"], "--mode graph: armafy would return a torch.fx"),
     (["convert", "timm:test_resnet", "--out", "x", "--config", '{"mode": "graph"}'], "mode 'graph' in --config"),
     (["convert", "timm:test_resnet", "--out", ""], "--out is empty"),
+    (["erf", "--models", "timm:test_resnet", "--layers", "3"], "--layers applies only without --models"),
+    (["erf", "--table", "--input-size", "3", "8", "8"], "--input-size applies only with --models"),
+    (["erf", "--out", "f.png", "--samples", "4", "--pretrained"], "--samples, --pretrained apply only with --models"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, argv, message):
     code, _, err = run_main(capsys, *argv)
