@@ -9,11 +9,13 @@ This example supports, through Accelerate, with the same script:
 - mixed precision, gradient accumulation, trackers (``--report-to``),
 - ``save_state`` every epoch, ``--resume-from-checkpoint`` (only a run with the same
   configuration, ``OUTPUT_DIR/run_config.json``), ``--overwrite-output-dir`` (a new run
-  refuses a folder that holds another run without it), best-val weights,
+  refuses a folder that holds another run without it; the default ``runs/classify`` is
+  replaced, saying so), a lock on the output folder for the run, best-val weights,
 - ``--seeds``: one training per seed and variant, then a mean ± std table,
 - a final ``save_pretrained`` with the measured test accuracy in the card, ``--push-to-hub``.
 Every image file (``--data-dir``) or row (``--hf-dataset``) is decoded once before the first
-step, and a ``--batch-size`` that leaves no training batch is refused.
+step, and a ``--batch-size`` that leaves no training batch is refused. A user mistake is one
+line and exit status 2; the run ends by saying where its outputs are.
 
 Models: ``--model`` is any timm name (``--model-kwargs key=value`` passes constructor
 arguments, e.g. ``mlp_ratio=0.0625`` for a slimmer VGG head); ``--no-arma`` trains it as is,

@@ -8,14 +8,16 @@ This example supports, through Accelerate, with the same script:
 - multi-GPU DDP (``accelerate launch --multi_gpu``) and several CPU processes (gloo),
 - mixed precision (``--mixed-precision fp16|bf16``) and gradient accumulation,
 - experiment trackers (``--report-to tensorboard|wandb``),
-- ``save_state`` every epoch and ``--resume-from-checkpoint`` (latest if no path), which
-  continues only a run with the same configuration (``OUTPUT_DIR/run_config.json``);
-  a new run refuses an ``--output-dir`` that holds another run unless ``--overwrite-output-dir``,
+- ``save_state`` every epoch and ``--resume-from-checkpoint`` (the latest complete checkpoint
+  if no path), which continues only a run with the same configuration (``OUTPUT_DIR/run_config.json``);
+  the output folder is locked for the run; a new run refuses an ``--output-dir`` that holds
+  another run unless ``--overwrite-output-dir`` (the default ``runs/isic`` is replaced, saying so),
 - ``--seeds``: one training per seed, then a mean ± std table (``OUTPUT_DIR/results.{md,json}``),
 - the best-val checkpoint, a final ``save_pretrained`` whose model card holds the measured
   test metrics, and ``--push-to-hub REPO``.
 Every image and mask is decoded once before the first step (a corrupt file fails, named,
-before any training), and a ``--batch-size`` that leaves no training batch is refused.
+before any training), and a ``--batch-size`` that leaves no training batch is refused. A user
+mistake is one line and exit status 2; the run ends by saying where its outputs are.
 
 Models: ``--model unet | nl-unet | arma-unet | nl-arma-unet`` built with
 segmentation-models-pytorch (``--arch``, ``--encoder``, ``--encoder-weights``); ARMA variants

@@ -5,8 +5,9 @@ digits move fast. Every model is the same :class:`~arma_plugin.models.ConvLSTMNe
 and non-local variants with an :class:`~arma_plugin.ARMAConfig` given to
 :func:`~arma_plugin.armafy`; all are saved and reloaded with ``save_pretrained``/``from_pretrained``.
 Each run is scored on the same generated test sequences as three trivial predictors (all-zero
-frames, the mean of the input frames, the last input frame repeated), and the ARMA-vs-baseline comparison is a criterion declared in this file (:data:`CRITERION`)
-and printed with the table, whatever its outcome.
+frames, the mean of the input frames, the last input frame repeated), and the ARMA-vs-baseline
+comparison is a criterion declared in this file (:data:`CRITERION`) and printed with the table,
+whatever its outcome.
 
 This example supports, through Accelerate, with the same script:
 - CPU, one or many GPUs (``accelerate launch``), mixed precision, gradient accumulation;
@@ -20,8 +21,10 @@ This example supports, through Accelerate, with the same script:
   and a per-frame PSNR plot per speed (± 1 standard error over seeds, and the paired
   ARMA - baseline difference per frame);
 - best-val weights, ``save_state`` every epoch and ``--resume-from-checkpoint``, which
-  continues only a run with the same configuration; a new run refuses an ``--output-dir``
-  holding another run unless ``--overwrite-output-dir``;
+  continues only a run with the same configuration (from its newest complete checkpoint);
+  the output folder is locked for the run; a new run refuses an ``--output-dir`` holding
+  another run unless ``--overwrite-output-dir``, and replaces the previous run of its default
+  folder (``runs/moving_mnist_<preset>``) saying so;
 - a ``save_pretrained`` checkpoint per model/speed/seed with the table in its model card;
 - ``--throughput-steps N``: time N training steps of each model (sequences/s side by side)
   instead of training, e.g. to size ``--preset paper`` on a GPU.
@@ -492,6 +495,8 @@ def validate_args(args: argparse.Namespace) -> None:
     for speed in args.speeds:
         check_positive_int("--speeds (1, 2, 3 = Table 3's 1x, 2x, 3x)", speed)
     check_choice("--digits", args.digits, DIGIT_SOURCES)
+    if args.digits_path is not None and not Path(args.digits_path).exists():
+        raise ValueError(f"--digits-path {args.digits_path!r} does not exist")
     if args.test_file is not None and not Path(args.test_file).is_file():
         raise RecipeError(f"--test-file {args.test_file!r} does not exist (expected the standard "
                                 f"mnist_test_seq.npy, [20, N, 64, 64] uint8)")

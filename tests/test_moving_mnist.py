@@ -144,6 +144,7 @@ TINY = ["--frame-size", "12", "--digit-size", "5", "--hidden-channels", "4", "--
     (["--speeds", "1", "-2"], ValueError, "--speeds"),
     (["--models", "convlstm7"], ValueError, "--models"),
     (["--test-file", "nowhere/mnist_test_seq.npy"], ValueError, "--test-file"),
+    (["--digits", "mnist", "--digits-path", "nowhere/mnist.npz"], ValueError, "--digits-path"),
     (["--boundary", "reflect"], ValueError, "boundary"),
     (["--digits", "emnist"], ValueError, "--digits"),
     (["--cpu-threads", "0"], ValueError, "--cpu-threads"),

@@ -226,6 +226,11 @@ def test_check_decodable_names_every_truncated_file(tmp_path):
     assert "image_0" not in str(error.value) and "image_3" not in str(error.value)
 
 
+def test_a_missing_dataset_is_a_refusal_naming_the_flag(tmp_path):
+    with pytest.raises(recipe_kit.RecipeError, match="--hf-dataset .*missing"):
+        recipe_kit.load_hf_dataset(str(tmp_path / "missing"))
+
+
 def test_open_image_drafts_jpegs_to_the_training_size(tmp_path):
     path = tmp_path / "big.jpg"
     Image.fromarray(np.zeros((400, 480, 3), dtype=np.uint8)).save(path)

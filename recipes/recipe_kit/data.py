@@ -44,7 +44,10 @@ def load_hf_dataset(name: str) -> dict[str, Any]:
             raise ValueError(f"--hf-dataset {name!r}: no such parquet file")
         loaded = datasets.load_dataset("parquet", data_files=str(path))
     else:
-        loaded = datasets.load_dataset(name)
+        try:
+            loaded = datasets.load_dataset(name)
+        except (FileNotFoundError, ConnectionError) as error:  # no such dataset or folder; Hub unreachable
+            raise RecipeError(f"--hf-dataset {name!r}: {error}") from error
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
