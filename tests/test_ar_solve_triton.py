@@ -135,6 +135,19 @@ def test_lines_longer_than_a_fused_plane(boundary, size):
     _check_against_reference(boundary, 2, 2, size, 4096, torch.float64, 1.0)
 
 
+@pytest.mark.parametrize("boundary, ar_kernel_size", [("zeros", 5), pytest.param("circular", 5, marks=pytest.mark.slow),
+                                                     pytest.param("zeros", 7, marks=pytest.mark.slow),
+                                                     pytest.param("circular", 7, marks=pytest.mark.slow)])
+def test_float32_tap_gradients_match_float64(boundary, ar_kernel_size):
+    """|alpha| <= 3 (taps up to 0.995 of the stable bound): float32 tap gradients, computed per
+    factor in the kernels and summed in float32 partials, stay within the 1e-3 of float64
+    (max |f32 - f64| / max |f64|) that docs/layer.md promises for every backend."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ar_grad_precision import worst_error
+
+    assert worst_error("triton", boundary, ar_kernel_size, seeds=2, size=(12, 16), max_alpha=3.0) < 1e-3
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_raw_taps_inside_the_stable_region(boundary):
     """reparam=False: alpha holds the taps themselves; stable ones (|left|+|right| < 1) are solved."""
@@ -309,22 +322,23 @@ def _compile_for_cuda(variants) -> list:
 
 
 # (H, W, dilation, circular, data type, Q, reparam, fused elements, elements per pass)
-SMALL_VARIANTS = [(16, 16, 1, True, "fp32", 1, True, 16384, 4096),
-                  (9, 40, 2, False, "bf16", 2, False, 16384, 4096),
-                  (24, 40, 1, False, "fp32", 3, True, 256, 64)]
+SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 16384, 4096),
+                  (24, 40, 1, True, "fp32", 3, True, 256, 64)]
 
 
 def test_kernels_compile_for_a_cuda_target_without_spills():
-    """Small tiles (fused with one and two chains per axis, and both passes of the two-pass
-    plan): every variant compiles for sm_90, with no spills to local memory."""
+    """Small tiles (fused with two chains per axis; both passes of the two-pass plan; both
+    boundaries, reparam on and off): every variant compiles for sm_90, with no spills to local
+    memory (~8 kernels, 20-60 s on 2 cores)."""
     for name, resources in _compile_for_cuda(SMALL_VARIANTS):
         assert resources.get("STACK", 0) == 0 and resources.get("LOCAL", 0) == 0, (name, resources)
 
 
 # The maps' default plans: 128² fused (fp32, bf16), a 2048-long map in two passes, dilation 2,
-# Q = 3, float64. The fused float32 backward of a 128² plane holds the state and the gradient
-# (2 × 64 KiB) and the scan's temporaries: more than the 256 KiB register file of an SM holds
-# at once, so it spills (reported, not hidden: strict xfail below).
+# Q = 3, float64. The fused backward of a 128² plane holds the state and the gradient
+# (2 × 64 KiB of float32) and the scans' temporaries: more than an SM's 256 KiB register file
+# holds at once, so it spills to local memory; such variants are reported as expected failures
+# with their resource usage, not hidden.
 FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 16384, 4096),
                  (128, 128, 1, False, "bf16", 1, True, 16384, 4096),
                  (64, 64, 2, True, "fp32", 2, True, 16384, 4096),
