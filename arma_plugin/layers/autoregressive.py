@@ -79,8 +79,9 @@ def autoregressive2d(x: torch.Tensor, alpha: torch.Tensor, boundary: str = "circ
 
 
 def _autocast_disabled(device_type: str):
-    """Autocast off, on devices that have autocast (``meta`` has none: nothing to turn off)."""
-    if torch.amp.is_autocast_available(device_type):
+    """Autocast off where it is on. No context otherwise: ``meta`` has no autocast, and
+    ``torch.export`` would wrap even a no-op autocast region in a higher-order op."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
