@@ -31,7 +31,7 @@ This example supports, through Accelerate, with the same script:
 
 Presets: ``quick`` (the default, the README's main job: 16x16 frames, one 7-pixel digit
 moving at 3x, two 16-channel cells, 4 -> 2 frames, ``convlstm3`` vs ``armalstm3``, 6 seeds,
-two runs at a time: about 400 CPU-seconds of training, meant to fit 5 minutes on 2 free CPU
+two runs at a time: about 365 CPU-seconds of training, meant to fit 5 minutes on 2 free CPU
 cores) and ``paper`` (the authors' sizes: 64x64, two MNIST digits, 12 cells of 32 channels,
 10k sequences, 10 -> 10 frames, 500 epochs: for GPUs).
 
@@ -68,7 +68,7 @@ from arma_plugin import ARMAConfig, armafy, check_choice, check_positive_int, fo
 from arma_plugin.metrics import frame_psnr, frame_ssim, summarize_video_metrics
 from arma_plugin.models import ConvLSTMNet
 from moving_mnist_data import DIGIT_SOURCES, FixedSequences, MovingMNIST, digit_size_for, load_digits
-from moving_mnist_plots import write_psnr_curves, write_strip
+from moving_mnist_plots import seed_count, write_psnr_curves, write_strip
 from recipe_kit import (RecipeError, add_arma_args, add_training_args, claim_output_dir, count_parameters,
                         hub_repo_for_seed, load_best_weights, make_accelerator, publish, recipe_accelerator,
                         run_script, seed_everything, seeds_from_args, summarize, train_and_test, user_input,
@@ -317,7 +317,7 @@ def paired_criterion(arma: Sequence[float], baseline: Sequence[float]) -> dict[s
     result: dict[str, Any] = {"criterion": CRITERION, "differences": differences.tolist(),
                               "mean_difference": float(differences.mean()) if n else None}
     if n < MIN_CRITERION_SEEDS:
-        return {**result, "holds": None, "verdict": f"not tested: {n} seed(s), the criterion needs "
+        return {**result, "holds": None, "verdict": f"not tested: {seed_count(n)}, the criterion needs "
                                                     f">= {MIN_CRITERION_SEEDS}"}
     threshold = 2 * differences.std(ddof=1) / math.sqrt(n)
     holds = bool(differences.mean() > threshold)
@@ -414,7 +414,7 @@ def report(args: argparse.Namespace, records: list[dict[str, Any]], seeds: list[
                     COMPARE)
         plot = args.output_dir / f"psnr_per_frame_speed{speed}.png"
         write_psnr_curves(plot, curves[speed], f"Moving-MNIST {speed}x: PSNR per predicted frame "
-                                               f"({len(seeds)} seed(s), {len(test)} test sequences)", COMPARE)
+                                               f"({seed_count(len(seeds))}, {len(test)} test sequences)", COMPARE)
         pictures += [strip, plot]
     checkpoints = save_checkpoints(args, [(r["model"], r["speed"], r["seed"]) for r in records], table)
     return {"table": table, "results": results, "per_frame": curves, "pictures": pictures,

@@ -8,6 +8,11 @@ import numpy as np
 import torch
 
 
+def seed_count(n: int) -> str:
+    """``"1 seed"``, ``"6 seeds"``."""
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def time_labels(input_frames: int, future_frames: int) -> list[str]:
     """Column labels of a strip: ``t-(k-1) … t`` for the inputs, ``t+1 … t+m`` for the predicted frames."""
     return [f"t\u2212{input_frames - 1 - i}" if i < input_frames - 1 else "t" for i in range(input_frames)] + \
@@ -97,7 +102,8 @@ def write_psnr_curves(path: Path, curves: dict[str, list[list[float]]], title: s
             ax.fill_between(frames, values.mean(0) - error, values.mean(0) + error, alpha=0.25)
     ax.set_xlabel("predicted frame (t+k)")
     ax.set_ylabel("PSNR (dB), mean over test sequences")
-    ax.set_title(f"mean over {seeds} seed(s); band: \u00b1 1 standard error over seeds", fontsize=8)
+    band = "; band: \u00b1 1 standard error over seeds" if seeds > 1 else ""
+    ax.set_title(f"mean over {seed_count(seeds)}{band}", fontsize=8)
     ax.legend(fontsize=7)
     if paired:
         differences = np.asarray(curves[arma]) - np.asarray(curves[baseline])
@@ -106,7 +112,8 @@ def write_psnr_curves(path: Path, curves: dict[str, list[list[float]]], title: s
         for per_seed in differences:
             right.plot(frames, per_seed, color="gray", linewidth=0.8, alpha=0.6)
         right.errorbar(frames, differences.mean(0), yerr=2 * standard_error(differences), fmt="-o", color="tab:red",
-                       capsize=4, linewidth=2, label=f"mean \u00b1 2 standard errors over {len(differences)} seeds")
+                       capsize=4, linewidth=2,
+                       label=f"mean \u00b1 2 standard errors over {seed_count(len(differences))}")
         right.plot([], [], color="gray", linewidth=0.8, label="one seed")
         right.axhline(0, color="black", linewidth=0.8)
         right.set_xlabel("predicted frame (t+k)")

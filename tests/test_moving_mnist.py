@@ -197,6 +197,7 @@ def test_trivial_predictors():
 
 
 def test_strip_labels_and_error_difference():
+    assert moving_mnist_plots.seed_count(1) == "1 seed" and moving_mnist_plots.seed_count(6) == "6 seeds"
     assert moving_mnist_plots.time_labels(4, 2) == ["t\u22123", "t\u22122", "t\u22121", "t", "t+1", "t+2"]
     target = torch.tensor([0.0, 1.0, 0.5])
     arma, baseline = torch.tensor([0.0, 0.8, 0.5]), torch.tensor([0.2, 0.8, 0.1])
