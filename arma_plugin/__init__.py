@@ -8,8 +8,7 @@ from .hub import (CheckpointError, CheckpointMismatchError, CheckpointNotFoundEr
                   UnsafeCheckpointError, from_pretrained, push_to_hub, save_pretrained)
 from .table import format_table
 from .validation import check_choice, check_positive_int
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["ARMAConv2d", "AutoRegressive2d", "__version__",
            "armafy", "ARMAConfig", "ConversionReport", "NonLocal2d", "for_export", "FixedSizeAutoRegressive2d", "ar_parameters", "non_ar_parameters",

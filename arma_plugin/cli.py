@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import __version__
+from .version import __version__
 from .model_specs import MODEL_SPEC_HELP, build_model, is_library_spec
 from .table import format_table
 from .usage import USAGE_ERROR, OneLineErrorParser, UsageError, one_line, writable_path

@@ -22,7 +22,7 @@ PACKAGE = "arma_plugin"
 FRONT_END = "front end"
 # level -> (module name prefixes, levels it may import besides itself)
 LEVELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "foundation": (("arma_plugin.validation", "arma_plugin.table"), ()),
+    "foundation": (("arma_plugin.validation", "arma_plugin.table", "arma_plugin.version"), ()),
     # nn building blocks and their solvers; no knowledge of timm/SMP
     "layers": (("arma_plugin.layers",), ("foundation",)),
     # the slow, obviously-correct solvers the fast ones are tested against

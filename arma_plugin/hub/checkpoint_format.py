@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..convert import ARMAConfig
+from ..version import __version__
 from .base_spec import BaseSpec
 from .errors import CorruptCheckpointError, IncompatibleCheckpointError
 
@@ -60,7 +61,6 @@ def _finite_float(literal: str) -> float:
 
 
 def package_version() -> str:
-    from .. import __version__
     return __version__
 
 
