@@ -38,9 +38,11 @@ def _cost(dtype, layout, boundary, q=1, dilation=1):
     return gpu_cost.layer_cost("new", SHAPE, dtype, layout, boundary, q, dilation)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("boundary", ["circular", "zeros"])
+# Each dtype, layout and boundary appears twice (~8 s per row under the interpreter).
+@pytest.mark.parametrize("boundary, dtype, layout", [
+    ("zeros", torch.float32, "nchw"), ("circular", torch.bfloat16, "nchw"),
+    ("circular", torch.float32, "channels_last"), ("zeros", torch.bfloat16, "channels_last")],
+    ids=["zeros-fp32-nchw", "circular-bf16-nchw", "circular-fp32-channels_last", "zeros-bf16-channels_last"])
 def test_cost_targets(boundary, dtype, layout):
     row = _cost(dtype, layout, boundary)
     assert row["launches"] <= 8 and row["torch_ops"] == []
@@ -53,10 +55,10 @@ def test_cost_targets(boundary, dtype, layout):
 @pytest.mark.xfail(strict=True, reason="one program per plane reads a channels_last plane with its lanes "
                                        "C elements apart; see docs/benchmarks.md")
 def test_channels_last_sector_efficiency():
-    assert _cost(torch.float32, "channels_last", "zeros")["sector_efficiency"] >= 0.75
+    assert _cost(torch.float32, "channels_last", "circular")["sector_efficiency"] >= 0.75
 
 
-@pytest.mark.parametrize("q, boundary", [(2, "circular"), (3, "zeros")])
+@pytest.mark.parametrize("q, boundary", [pytest.param(2, "circular", marks=pytest.mark.slow), (3, "zeros")])
 def test_more_factors_same_launches_little_traffic(q, boundary):
     """Q = 2, 3 (with dilation 2) solve every factor in the same programs."""
     base = _cost(torch.float32, "nchw", boundary)
