@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from arma_plugin.validation import check_choice, check_positive_int
+from arma_plugin import check_choice, check_positive_int
 
 DIGIT_SOURCES = ("sklearn", "mnist")
 SPLITS = ("train", "val", "test")

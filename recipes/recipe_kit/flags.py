@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from arma_plugin import ARMAConfig
-from arma_plugin.validation import check_positive_int
+from arma_plugin import ARMAConfig, check_positive_int
 
 from .checkpoints import TRAINER_STATE_NAME
 from .loop import LR_DECAYS

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from arma_plugin.validation import check_choice
+from arma_plugin import check_choice
 
 from .checkpoints import BEST_DIRNAME, CHECKPOINTS_DIRNAME, TRAINER_STATE_NAME, TrainerState, checkpoint_dirs
 from .errors import RecipeError
