@@ -6,7 +6,7 @@ and non-local variants with an :class:`~arma_plugin.ARMAConfig` given to
 :func:`~arma_plugin.armafy`; all are saved and reloaded with ``save_pretrained``/``from_pretrained``.
 Each run is scored on the same generated test sequences as three trivial predictors (all-zero
 frames, the mean of the input frames, the last input frame repeated), and the ARMA-vs-baseline
-comparison is a criterion declared in this file (:data:`CRITERION`) and printed with the table,
+comparison is a criterion declared in ``moving_mnist_verdict.py`` (:data:`CRITERION`) and printed with the table,
 whatever its outcome.
 
 This example supports, through Accelerate, with the same script:
@@ -46,58 +46,29 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import math
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from arma_plugin import ARMAConfig, armafy, check_choice, check_positive_int, format_table
+from arma_plugin import check_choice, check_positive_int, format_table
 from arma_plugin.metrics import frame_psnr, frame_ssim, summarize_video_metrics
-from arma_plugin.models import ConvLSTMNet
-from moving_mnist_data import DIGIT_SOURCES, FixedSequences, MovingMNIST, digit_size_for, load_digits
+from moving_mnist_data import DIGIT_SOURCES, TEST_DATA_SEED, digit_size_for, make_datasets, split_video
+from moving_mnist_models import MODEL_FACTORY, VARIANTS, build_model, model_kwargs
 from moving_mnist_plots import seed_count, write_psnr_curves, write_strip
+from moving_mnist_verdict import (COMPARE, CRITERION, environment, learned_motion, paired_criterion, score_trivial,
+                                  table_columns)
 from recipe_kit import (RecipeError, add_arma_args, add_training_args, claim_output_dir, count_parameters,
                         hub_repo_for_seed, load_best_weights, make_accelerator, publish, recipe_accelerator,
-                        run_script, seed_everything, seeds_from_args, summarize, train_and_test, user_input,
+                        run_script, seed_everything, seeds_from_args, train_and_test, user_input,
                         validate_training_args, write_seed_table)
-
-MODEL_FACTORY = "arma_plugin.models.convlstm:ConvLSTMNet"
-NO_AR = {"exclude_modules": ".*"}
-"""ARMAConfig fields of a ConvLSTM with non-local blocks and no AR part: no conv is converted."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A Table-3/Table-4 row: gate-conv kernel and dilation, AR or not, non-local blocks or not."""
-
-    kernel_size: int
-    dilation: int
-    arma: bool
-    nonlocal_blocks: bool = False
-
-
-BASE_VARIANTS = {
-    "convlstm3": Variant(3, 1, False),
-    "convlstm5": Variant(5, 1, False),
-    "convlstm3-d2": Variant(3, 2, False),
-    "armalstm3": Variant(3, 1, True),
-    "armalstm3-d2": Variant(3, 2, True),
-}
-VARIANTS = {**BASE_VARIANTS,
-            **{f"nl-{name}": Variant(v.kernel_size, v.dilation, v.arma, True) for name, v in BASE_VARIANTS.items()}}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Chosen on 2 CPU cores from ConvLSTM runs alone, before any ARMA-LSTM run of this setting
@@ -120,93 +91,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                   models=["convlstm3", "convlstm5", "convlstm3-d2", "armalstm3-d2", "armalstm3"],
                   speeds=[1, 2, 3], seeds=[0], cpu_threads=None, parallel_runs=1),
 }
-TEST_DATA_SEED = 0
-"""Every model and training seed is scored on the same generated test sequences."""
-COMPARE = ("armalstm3", "convlstm3")
-"""(ARMA model, its baseline) of :data:`CRITERION`: the same cells, with and without the AR part."""
-MIN_CRITERION_SEEDS = 5
-"""Below this the standard error of the differences is itself too uncertain to judge by."""
-CRITERION = ("ARMA beats its baseline at the fastest speed run: over the seeds s (at least 5), "
-             "the paired differences d_s = PSNR(armalstm3, s) - PSNR(convlstm3, s) on the same test "
-             "sequences have mean(d) > 2 x standard error = 2 x std(d, ddof=1) / sqrt(n)")
-"""Declared before any run of the quick preset was compared (docs/moving_mnist.md)."""
-LEARNED_MARGIN_DB = 1.0
-"""A model 'learned the motion' when its mean PSNR is this far above the best trivial predictor."""
-
-
-# --------------------------------------------------------------------------- models
-
-def model_kwargs(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
-    """JSON-able ``ConvLSTMNet`` arguments of one variant (also stored in its checkpoint)."""
-    return dict(in_channels=1, hidden_channels=list(args.hidden_channels),
-                layers_per_block=list(args.layers_per_block), skip_stride=args.skip_stride,
-                kernel_size=variant.kernel_size, dilation=variant.dilation)
-
-
-def arma_config(args: argparse.Namespace, net: ConvLSTMNet, variant: Variant) -> ARMAConfig:
-    """The variant's ARMAConfig; non-local blocks follow the first gate conv of blocks 1 and 2
-    (where the authors' network puts its blocks, at block inputs, Table 4)."""
-    nonlocal_after = [f"blocks.{b}.0.gates" for b in (1, 2) if b < len(net.blocks)] \
-        if variant.nonlocal_blocks else []
-    fields = dict(ar_kernel_size=args.ar_kernel_size, boundary=args.boundary) if variant.arma else NO_AR
-    return ARMAConfig(nonlocal_after=nonlocal_after, **fields)
-
-
-def build_model(args: argparse.Namespace, name: str) -> ConvLSTMNet:
-    """ConvLSTM of variant ``name``, armafied with its config (identity to the plain net at init)."""
-    variant = VARIANTS[name]
-    net = ConvLSTMNet(**model_kwargs(args, variant))
-    if not (variant.arma or variant.nonlocal_blocks):
-        return net
-    example = torch.zeros(1, 2, 1, args.frame_size, args.frame_size)
-    return armafy(net, arma_config(args, net, variant), example_inputs=example)
-
-
-# --------------------------------------------------------------------------- data
-
-def make_datasets(args: argparse.Namespace, speed: int, seed: int) -> tuple[MovingMNIST, MovingMNIST, Any]:
-    """Train and val sequences of training ``seed``; test sequences shared by every run."""
-    common = dict(frames=args.input_frames + args.future_frames, frame_size=args.frame_size, speed=speed,
-                  num_digits=args.num_digits)
-
-    def split(name: str, count: int, data_seed: int) -> MovingMNIST:
-        digits = load_digits(args.digits, split=name, digit_size=args.digit_size, path=args.digits_path)
-        return MovingMNIST(digits, num_sequences=count, seed=data_seed, split=name, **common)
-
-    if args.test_file:
-        test = FixedSequences(args.test_file, args.frame_size)
-        if test.frames < common["frames"]:
-            raise ValueError(f"--test-file has {test.frames} frames per sequence, fewer than "
-                             f"--input-frames + --future-frames = {common['frames']}")
-    else:
-        test = split("test", args.test_sequences, TEST_DATA_SEED)
-    return split("train", args.train_sequences, seed), split("val", args.val_sequences, seed), test
-
-
-def split_video(video: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, T, ...]`` → (the input frames, the frames to predict)."""
-    return video[:, :args.input_frames], video[:, args.input_frames:args.input_frames + args.future_frames]
-
-
-def trivial_predictions(inputs: torch.Tensor, future_frames: int) -> dict[str, torch.Tensor]:
-    """Predictors that learn nothing, the floor a trained model must clear."""
-    shape = (-1, future_frames, -1, -1, -1)
-    return {"trivial: zeros": torch.zeros_like(inputs[:, :1]).expand(shape),
-            "trivial: mean of inputs": inputs.mean(1, keepdim=True).expand(shape),
-            "trivial: copy last input": inputs[:, -1:].expand(shape)}
-
-
-def score_trivial(args: argparse.Namespace, speed: int) -> dict[str, dict[str, Any]]:
-    """:func:`summarize_video_metrics` of every trivial predictor on the test sequences."""
-    _, _, test = make_datasets(args, speed, TEST_DATA_SEED)
-    psnrs: dict[str, list] = {}
-    ssims: dict[str, list] = {}
-    for video in DataLoader(test, batch_size=256):
-        inputs, target = split_video(video, args)
-        for name, prediction in trivial_predictions(inputs, args.future_frames).items():
-            psnrs.setdefault(name, []).append(frame_psnr(prediction, target))
-            ssims.setdefault(name, []).append(frame_ssim(prediction, target))
-    return {name: summarize_video_metrics(torch.cat(psnrs[name]), torch.cat(ssims[name])) for name in psnrs}
 
 
 # --------------------------------------------------------------------------- training
@@ -309,66 +193,6 @@ def throughput(args: argparse.Namespace) -> list[list[str]]:
 
 
 # --------------------------------------------------------------------------- outputs
-
-def paired_criterion(arma: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
-    """:data:`CRITERION` on per-seed PSNRs of the same seeds; ``holds`` is None with too few seeds."""
-    differences = np.asarray(arma, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
-    n = len(differences)
-    result: dict[str, Any] = {"criterion": CRITERION, "differences": differences.tolist(),
-                              "mean_difference": float(differences.mean()) if n else None}
-    if n < MIN_CRITERION_SEEDS:
-        return {**result, "holds": None, "verdict": f"not tested: {seed_count(n)}, the criterion needs "
-                                                    f">= {MIN_CRITERION_SEEDS}"}
-    threshold = 2 * differences.std(ddof=1) / math.sqrt(n)
-    holds = bool(differences.mean() > threshold)
-    verdict = (f"{'HOLDS' if holds else 'DOES NOT HOLD'}: mean difference {differences.mean():+.3f} dB "
-               f"{'>' if holds else '<='} 2 x standard error {threshold:.3f} dB over {n} seeds")
-    return {**result, "threshold": threshold, "holds": holds, "verdict": verdict}
-
-
-def table_columns(speeds: Sequence[int]) -> list[str]:
-    return [f"{metric}@{s}x" for s in speeds for metric in ("psnr", "ssim")]
-
-
-def learned_motion(rows: dict[str, dict[int, dict[str, float]]], models: Sequence[str],
-                   speeds: Sequence[int]) -> list[str]:
-    """One line per model and speed: its mean PSNR margin over the best trivial predictor."""
-    lines = []
-    for speed in speeds:
-        column = f"psnr@{speed}x"
-        floor_name, floor = max(((name, per_seed[0][column]) for name, per_seed in rows.items()
-                                 if name.startswith("trivial")), key=lambda item: item[1])
-        for model in models:
-            margin = summarize([s[column] for s in rows[model].values()])["mean"] - floor
-            lines.append(f"{model} at {speed}x: {margin:+.2f} dB over the best trivial predictor ({floor_name}): "
-                         f"{'learned the motion' if margin >= LEARNED_MARGIN_DB else 'NOT clearly better'} "
-                         f"(threshold {LEARNED_MARGIN_DB:.1f} dB)")
-    return lines
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    """What the numbers depend on besides the code and the seeds: library versions, CPU, threads."""
-    versions = {}
-    for package in ("arma-plugin", "torch", "numpy", "numba", "accelerate"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"versions": {"python": platform.python_version(), **versions}, "cpu": cpu_model(),
-            "logical_cpus": os.cpu_count(), "threads_per_run": args.cpu_threads or torch.get_num_threads(),
-            "parallel_runs": args.parallel_runs, "platform": platform.platform()}
-
 
 def report(args: argparse.Namespace, records: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """Write the table, the criterion, per-frame curves, strips and checkpoints; returns what was written."""

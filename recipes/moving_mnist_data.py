@@ -13,9 +13,11 @@ file ``mnist_test_seq.npy`` (``[20, N, 64, 64]`` uint8) is read by :class:`Fixed
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -209,3 +211,31 @@ class FixedSequences(Dataset):
         if video.shape[-1] != self.frame_size:
             video = F.interpolate(video, size=(self.frame_size, self.frame_size), mode="area")
         return video
+
+
+TEST_DATA_SEED = 0
+"""Every model and training seed is scored on the same generated test sequences."""
+
+
+def make_datasets(args: argparse.Namespace, speed: int, seed: int) -> tuple[MovingMNIST, MovingMNIST, Any]:
+    """Train and val sequences of training ``seed``; test sequences shared by every run."""
+    common = dict(frames=args.input_frames + args.future_frames, frame_size=args.frame_size, speed=speed,
+                  num_digits=args.num_digits)
+
+    def split(name: str, count: int, data_seed: int) -> MovingMNIST:
+        digits = load_digits(args.digits, split=name, digit_size=args.digit_size, path=args.digits_path)
+        return MovingMNIST(digits, num_sequences=count, seed=data_seed, split=name, **common)
+
+    if args.test_file:
+        test = FixedSequences(args.test_file, args.frame_size)
+        if test.frames < common["frames"]:
+            raise ValueError(f"--test-file has {test.frames} frames per sequence, fewer than "
+                             f"--input-frames + --future-frames = {common['frames']}")
+    else:
+        test = split("test", args.test_sequences, TEST_DATA_SEED)
+    return split("train", args.train_sequences, seed), split("val", args.val_sequences, seed), test
+
+
+def split_video(video: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T, ...]`` → (the input frames, the frames to predict)."""
+    return video[:, :args.input_frames], video[:, args.input_frames:args.input_frames + args.future_frames]

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import moving_mnist
 import moving_mnist_plots
+import moving_mnist_verdict
 from arma_plugin import from_pretrained
 from moving_mnist_data import FixedSequences, MovingMNIST, bounce, digit_size_for, load_digits
 
@@ -176,20 +177,20 @@ def test_presets_set_the_defaults_and_flags_win():
     ([15.0, 15.1, 15.05, 15.0, 15.1], [15.2, 15.4, 15.3, 15.25, 15.35], False),  # baseline ahead
 ])
 def test_paired_criterion(arma, baseline, holds):
-    result = moving_mnist.paired_criterion(arma, baseline)
+    result = moving_mnist_verdict.paired_criterion(arma, baseline)
     d = np.subtract(arma, baseline)
     np.testing.assert_allclose(result["threshold"], 2 * d.std(ddof=1) / np.sqrt(5), rtol=1e-12)  # float64 rounding
     assert result["holds"] is holds and ("HOLDS" if holds else "DOES NOT HOLD") in result["verdict"]
 
 
 def test_paired_criterion_needs_five_seeds():
-    result = moving_mnist.paired_criterion([15.5, 15.6, 15.7, 15.6], [15.0, 15.1, 15.2, 15.1])
+    result = moving_mnist_verdict.paired_criterion([15.5, 15.6, 15.7, 15.6], [15.0, 15.1, 15.2, 15.1])
     assert result["holds"] is None and "needs >= 5" in result["verdict"]
 
 
 def test_trivial_predictors():
     inputs = torch.rand(2, 3, 1, 8, 8)
-    predictions = moving_mnist.trivial_predictions(inputs, 4)
+    predictions = moving_mnist_verdict.trivial_predictions(inputs, 4)
     assert all(p.shape == (2, 4, 1, 8, 8) for p in predictions.values())
     assert predictions["trivial: zeros"].abs().sum() == 0
     torch.testing.assert_close(predictions["trivial: mean of inputs"][:, 2], inputs.mean(1), rtol=0, atol=0)
