@@ -168,3 +168,26 @@ def test_timm_training_utilities(name):
 
     model.reset_classifier(3)
     assert model.eval()(x).shape == (2, 3) and _ar_count(model) == len(grads[0])
+
+
+class _GatedConv(nn.Conv2d):
+    """A conv subclass whose forward takes a second argument with a default (like CondConv2d)."""
+
+    def forward(self, x: torch.Tensor, gate: float = 1.0) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, self.bias) * gate
+
+
+def test_converted_conv_subclass_keeps_its_signature_and_scripts():
+    import inspect
+
+    model = nn.Sequential(_GatedConv(3, 4, 3, padding=1))
+    converted = _train_ar(armafy(model))
+    conv = converted[0]
+    assert isinstance(conv, _GatedConv) and isinstance(conv.ar, AutoRegressive2d)
+    assert list(inspect.signature(conv.forward).parameters) == ["x", "gate"]
+    x = _input()
+    with torch.no_grad():
+        assert torch.equal(conv(x, 0.5), conv.ar(_GatedConv.forward(conv, x, 0.5)))
+        scripted = torch.jit.script(conv)
+        torch.testing.assert_close(scripted(x, 0.5), conv(x, 0.5))  # the same kernels
+        torch.testing.assert_close(scripted(x), conv(x))  # the base's default

@@ -77,23 +77,25 @@ def _forward_through(child: str, base_forward, class_name: str):
     """
     signature = inspect.signature(base_forward)
     parameters = list(signature.parameters.values())
-    bare = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty,
-                                                   default=inspect.Parameter.empty) for p in parameters],
-                             return_annotation=inspect.Signature.empty)
-    arguments = ", ".join(_ARGUMENT[p.kind].format(p.name) for p in parameters[1:])
-    source = f"def forward{bare}:\n    return self.{child}(self._{child}_base_forward({arguments}))\n"
-    filename = f"<arma_plugin output subclass {class_name}.forward>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict = {}
-    exec(compile(source, filename, "exec"), namespace)
-    forward = namespace["forward"]
-    forward.__defaults__ = base_forward.__defaults__
-    forward.__kwdefaults__ = base_forward.__kwdefaults__
     try:  # resolved objects: postponed (string) annotations would need the base module's names
         hints = typing.get_type_hints(base_forward)
     except (NameError, TypeError):  # unresolvable hints: unannotated parameters are tensors to TorchScript
         hints = {}
-    forward.__annotations__ = {name: hint for name, hint in hints.items() if name != "return"}
+    # TorchScript takes parameter types from the source text: each annotation is a name bound
+    # to the resolved hint in the function's globals
+    namespace = {f"_annotation_{p.name}": hints[p.name] for p in parameters if p.name in hints}
+    bare = signature.replace(parameters=[p.replace(
+        annotation=f"_annotation_{p.name}" if p.name in hints else inspect.Parameter.empty,
+        default=inspect.Parameter.empty) for p in parameters], return_annotation=inspect.Signature.empty)
+    header = str(bare).replace("'", "")  # annotations print as quoted strings
+    arguments = ", ".join(_ARGUMENT[p.kind].format(p.name) for p in parameters[1:])
+    source = f"def forward{header}:\n    return self.{child}(self._{child}_base_forward({arguments}))\n"
+    filename = f"<arma_plugin output subclass {class_name}.forward>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+    forward = namespace["forward"]
+    forward.__defaults__ = base_forward.__defaults__
+    forward.__kwdefaults__ = base_forward.__kwdefaults__
     forward.__qualname__ = f"{class_name}.forward"
     return forward
 
