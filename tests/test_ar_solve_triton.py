@@ -25,15 +25,14 @@ pytest.importorskip("triton", reason="the triton backend needs Triton (it ships 
 from arma_plugin.layers import AutoRegressive2d, ar_taps, autoregressive2d  # noqa: E402
 from arma_plugin.layers import ar_solve_triton  # noqa: E402
 from arma_plugin.layers.ar_solve_op import BACKENDS, resolve_backend  # noqa: E402
-from arma_plugin.reference import ar_solve_reference, axis_operator  # noqa: E402
+from arma_plugin.reference import ar_solve_reference  # noqa: E402
+from solve_checks import EPS32, EPS64, condition, rel_err  # noqa: E402
 
 if not ar_solve_triton.INTERPRETED:
     pytest.skip("these tests run the Triton kernels on CPU tensors and need TRITON_INTERPRET=1 "
                 "(conftest.py sets it unless the environment sets it otherwise)", allow_module_level=True)
 
 BOUNDARIES = ["circular", "zeros"]
-EPS64 = torch.finfo(torch.float64).eps
-EPS32 = torch.finfo(torch.float32).eps
 FUSED = None  # the default plan: one program per plane for these small maps
 # (Q, dilation, H×W, plane elements solved in one program): sizes 1×1, 2×7, 5×3, 17×12, Q = 1,
 # 2, 3 and dilation 1, 2, with each boundary; the last row forces the two-pass plan (an H pass
@@ -45,20 +44,6 @@ CASES = [(1, 1, (1, 1), FUSED), (2, 2, (2, 7), FUSED), (3, 1, (5, 3), FUSED), (1
 def _case_id(case):
     q, d, (h, w), fused = case
     return f"Q{q}-d{d}-{h}x{w}-" + ("fused" if fused is None else "two-pass")
-
-
-def _condition(taps: torch.Tensor, h: int, w: int, boundary: str, dilation: int) -> float:
-    """``‖A^{-1}‖·‖|A|‖`` per axis, worst channel: how much a backward-stable solve may lose."""
-    def axis(left: torch.Tensor, right: torch.Tensor, n: int) -> torch.Tensor:
-        inv_norm = torch.linalg.matrix_norm(torch.linalg.inv(axis_operator(left, right, n, boundary, dilation)), 2)
-        return inv_norm * torch.linalg.matrix_norm(axis_operator(left.abs(), right.abs(), n, boundary, dilation), 2)
-    taps = taps.detach().double()
-    return float((axis(taps[..., 0], taps[..., 1], h) * axis(taps[..., 2], taps[..., 3], w)).max())
-
-
-@torch.no_grad()
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300))
 
 
 def _reference(x, alpha, grad_out, boundary, dilation, reparam=True):
@@ -97,10 +82,10 @@ def _check_against_reference(boundary, q, dilation, size, fused_elements, dtype,
     # of the reference's own LU error at n ≤ 40, the gradient's second solve and the tap
     # sums over B·H·W products.
     eps = EPS64 if dtype == torch.float64 else EPS32
-    tol = 1e3 * eps * _condition(ar_taps(alpha), h, w, boundary, dilation)
+    tol = 1e3 * eps * condition(ar_taps(alpha), h, w, boundary, dilation)
     assert y.dtype == gx.dtype == ga.dtype == dtype
-    assert _rel_err(y, y_ref) <= tol
-    assert _rel_err(gx, gx_ref) <= tol
+    assert rel_err(y, y_ref) <= tol
+    assert rel_err(gx, gx_ref) <= tol
     assert (ga.double() - ga_ref).abs().max() <= tol * max(ga_ref.abs().max().item(), 1.0)
 
 
@@ -158,7 +143,7 @@ def test_raw_taps_inside_the_stable_region(boundary):
     y, gx, ga = _triton(x, taps, grad_out, boundary, 1, reparam=False)
     y_ref, gx_ref, ga_ref = _reference(x, taps, grad_out, boundary, 1, reparam=False)
     # float64, taps at most 0.98 of the way to the boundary: cond(A) ≲ 1e4, errors ~1e-12 at worst.
-    assert max(_rel_err(y, y_ref), _rel_err(gx, gx_ref), _rel_err(ga, ga_ref)) < 1e-10
+    assert max(rel_err(y, y_ref), rel_err(gx, gx_ref), rel_err(ga, ga_ref)) < 1e-10
 
 
 def test_forced_triton_rejects_unstable_raw_taps():
@@ -213,7 +198,7 @@ def test_half_precision_in_and_out(dtype):
     # relative to the largest entry), times 4 for the float32 solve of a half-rounded input
     # and gradient; the tap gradients are float32 sums of such products.
     tol = 4 * torch.finfo(dtype).eps
-    assert _rel_err(y, y_ref) <= tol and _rel_err(gx, gx_ref) <= tol and _rel_err(ga, ga_ref) <= tol
+    assert rel_err(y, y_ref) <= tol and rel_err(gx, gx_ref) <= tol and rel_err(ga, ga_ref) <= tol
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -244,7 +229,7 @@ def test_inplace_op_on_output_keeps_gradients_right(boundary):
     alpha_ref = alpha.detach().clone().requires_grad_()
     ar_solve_reference(x_ref, ar_taps(alpha_ref), boundary).relu().sum().backward()
     # float64, well-conditioned (alpha ~ N(0,1)): exact up to ~1e-15 relative.
-    assert _rel_err(x.grad, x_ref.grad) < 1e-11 and _rel_err(alpha.grad, alpha_ref.grad) < 1e-11
+    assert rel_err(x.grad, x_ref.grad) < 1e-11 and rel_err(alpha.grad, alpha_ref.grad) < 1e-11
 
 
 def test_compile_fullgraph_with_fake_tensors(monkeypatch):

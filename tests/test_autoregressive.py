@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,10 +10,11 @@ import pytest
 import torch
 
 from arma_plugin.layers import AutoRegressive2d, ar_taps, autoregressive2d
-from arma_plugin.reference import ar_apply_reference, ar_solve_reference, axis_operator
+from arma_plugin.reference import ar_apply_reference, ar_solve_reference
 from arma_plugin.reference import released_autoregressive2d
 from arma_plugin.layers.ar_solve_op import numba_available, triton_runs_on
 from arma_plugin.layers.ar_taps import TANH_LIMIT
+from solve_checks import EPS64, condition, rel_err
 
 BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba missing"))]
 # For the cheap contract tests: every backend, triton in its interpreter on CPU (its numerics
@@ -24,26 +23,7 @@ ALL_BACKENDS = [*BACKENDS, pytest.param("triton", marks=pytest.mark.skipif(
     not triton_runs_on(torch.device("cpu")), reason="triton kernels need CUDA or TRITON_INTERPRET=1"))]
 BOUNDARIES = ["circular", "zeros"]
 SIZES = [(1, 1), (2, 7), (5, 3), (33, 64)]
-EPS64 = torch.finfo(torch.float64).eps
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _condition(taps: torch.Tensor, h: int, w: int, boundary: str, dilation: int) -> float:
-    """Condition of ``A = A_H ⊗ A_W`` w.r.t. rounding of its taps: ``‖A^{-1}‖·‖|A|‖`` per axis.
-
-    ``|A|`` (built from the absolute taps) rather than ``A`` so that cancellation in
-    ``1 + left + right`` (e.g. the 1×1 circular case) counts, worst channel.
-    """
-    def axis(left: torch.Tensor, right: torch.Tensor, n: int) -> torch.Tensor:
-        inv_norm = torch.linalg.matrix_norm(torch.linalg.inv(axis_operator(left, right, n, boundary, dilation)), 2)
-        return inv_norm * torch.linalg.matrix_norm(axis_operator(left.abs(), right.abs(), n, boundary, dilation), 2)
-    taps = taps.detach()
-    return float((axis(taps[..., 0], taps[..., 1], h) * axis(taps[..., 2], taps[..., 3], w)).max())
-
-
-@torch.no_grad()
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=str)
@@ -70,9 +50,9 @@ def test_values_and_grads_match_dense_reference(backend, boundary, q, dilation, 
     # A backward-stable solve has relative error ≲ c·eps·cond(A); random alpha·3 taps come
     # close to the singular boundary (cond up to ~1e10), and c = 1e3 covers the O(n) growth
     # of the dense reference's own LU error at n = 64 plus the gradient's second solve.
-    tol = 1e3 * EPS64 * _condition(ar_taps(alpha), h, w, boundary, dilation)
-    assert _rel_err(y, y_ref) <= tol
-    assert _rel_err(gx, gx_ref) <= tol
+    tol = 1e3 * EPS64 * condition(ar_taps(alpha), h, w, boundary, dilation)
+    assert rel_err(y, y_ref) <= tol
+    assert rel_err(gx, gx_ref) <= tol
     assert (ga - ga_ref).abs().max() <= tol * max(ga_ref.abs().max().item(), 1.0)
 
 
@@ -153,121 +133,7 @@ def test_circular_equals_released_algorithm(backend, dilation, size):
     released = released_autoregressive2d(x, alpha, dilation)
     # Two exact algorithms in float64 on well-conditioned systems (alpha ~ N(0,1)):
     # they differ by rounding only, ~1e-15 relative; 1e-11 leaves room for cond ~1e3.
-    assert _rel_err(ours, released) < 1e-11
-
-
-@pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_numba_and_portable_paths_agree(boundary):
-    pytest.importorskip("numba")
-    gen = torch.Generator().manual_seed(5)
-    alpha = torch.randn(4, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(3, 4, 20, 24, generator=gen, dtype=torch.float64, requires_grad=True)
-    grad_out = torch.randn(3, 4, 20, 24, generator=gen, dtype=torch.float64)
-    results = []
-    for backend in ("numba", "torch"):
-        y = autoregressive2d(x, alpha, boundary, dilation=2, backend=backend)
-        results.append((y, *torch.autograd.grad(y, (x, alpha), grad_out)))
-    for ours, theirs in zip(*results):
-        # float64 on a well-conditioned system: both exact up to ~1e-15 relative.
-        assert _rel_err(ours, theirs) < 1e-12
-
-
-def run_in_fresh_process(script: str, *argv: str, env: dict | None = None, timeout: float = 300) -> str:
-    """Run ``script`` in a new interpreter; its standard output (it must exit 0 in time)."""
-    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("size", [(5, 6), (1, 4), (9, 1)], ids=str)
-@pytest.mark.parametrize("group", [1, 2, 3, 7])
-@pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_numba_groups_of_planes(boundary, group, size, threads, monkeypatch):
-    """The numba kernels solve G planes of one channel side by side in one buffer. With B = 7,
-    G = 2 and 3 leave a short last group. Values and gradients match the dense float64
-    reference, and float32 runs equal one plane per task (G = 1) bit for bit: each column's
-    arithmetic does not depend on G; only the tap gradients are summed in another order."""
-    numba_kernels = pytest.importorskip("arma_plugin.layers.ar_solve_numba")
-    h, w = size
-    monkeypatch.setattr(numba_kernels, "TASKS_PER_THREAD", 1)
-    kept_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        monkeypatch.setattr(numba_kernels, "GROUP_ELEMENTS", group * h * w)
-        assert numba_kernels._group_size(7, 3, h, w) == group
-        gen = torch.Generator().manual_seed(group)
-        alpha = torch.randn(3, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-        x = torch.randn(7, 3, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
-        grad_out = torch.randn(7, 3, h, w, generator=gen, dtype=torch.float64)
-        y = autoregressive2d(x, alpha, boundary, dilation=2, backend="numba")
-        gx, ga = torch.autograd.grad(y, (x, alpha), grad_out)
-        y_ref = ar_solve_reference(x, ar_taps(alpha), boundary, 2)
-        gx_ref, ga_ref = torch.autograd.grad(y_ref, (x, alpha), grad_out, allow_unused=True)
-        if ga_ref is None:  # 1×1-like zeros maps where every tap falls outside: A = I
-            ga_ref = torch.zeros_like(alpha)
-        # backward-stable solves, as in test_values_and_grads_match_dense_reference
-        tol = 1e3 * EPS64 * _condition(ar_taps(alpha), h, w, boundary, 2)
-        assert _rel_err(y, y_ref) <= tol
-        assert _rel_err(gx, gx_ref) <= tol
-        assert (ga - ga_ref).abs().max() <= tol * max(ga_ref.abs().max().item(), 1.0)
-
-        runs = []
-        for elements in (group * h * w, 1):  # G = group, then G = 1
-            monkeypatch.setattr(numba_kernels, "GROUP_ELEMENTS", elements)
-            x32 = x.detach().float().requires_grad_()
-            alpha32 = alpha.detach().float().requires_grad_()
-            y32 = autoregressive2d(x32, alpha32, boundary, dilation=2, backend="numba")
-            runs.append((y32, *torch.autograd.grad(y32, (x32, alpha32), grad_out.float())))
-        (y_g, gx_g, ga_g), (y_1, gx_1, ga_1) = runs
-        assert torch.equal(y_g, y_1) and torch.equal(gx_g, gx_1)
-        # The tap sums are float64 in another order (~1e-15 apart), rounded to float32: at
-        # most an ulp (6e-8 relative) apart, carried through the float32 tanh chain rule.
-        assert _rel_err(ga_g, ga_1) <= 1e-6
-    finally:
-        torch.set_num_threads(kept_threads)
-
-
-def test_portable_zeros_path_on_maps_of_160_and_more():
-    """The torch zeros path inverts ``[C, n, n]`` factors; torch 2.14's CPU wheels hang in a
-    batched LU of two or more n >= 160 matrices with 2 threads. Run in a subprocess with 2
-    threads and a deadline, so that a hang fails here instead of stalling the suite."""
-    script = (
-        "import torch\n"
-        "from arma_plugin.layers.autoregressive import autoregressive2d\n"
-        "torch.set_num_threads(2)\n"
-        "gen = torch.Generator().manual_seed(0)\n"
-        "x = torch.randn(1, 3, 192, 8, generator=gen, requires_grad=True)\n"
-        "alpha = torch.randn(3, 1, 4, generator=gen, requires_grad=True)\n"
-        "ys = [autoregressive2d(x, alpha, 'zeros', backend=b) for b in ('torch', 'numba')]\n"
-        "grads = [torch.autograd.grad(y.square().sum(), (x, alpha)) for y in ys]\n"
-        "errors = [float((a - b).abs().max() / b.abs().max()) for a, b in zip((ys[0], *grads[0]), (ys[1], *grads[1]))]\n"
-        "print(max(errors))\n")
-    # float32, two exact solvers of a well-conditioned system: agree to float32 rounding
-    assert float(run_in_fresh_process(script, timeout=120)) < 1e-4
-
-
-def test_numba_one_thread_process_runs_serially_and_keeps_torch_thread_count(tmp_path):
-    """The threaded and serial kernels come from one loop; numba's on-disk cache keys a
-    function by name and line, not by ``parallel``. A one-thread process that finds the kernels
-    a two-thread process cached must still run the serial one: numba's thread pool never
-    starts there, and the pool's OpenMP start-up, which resets the process's OpenMP thread count
-    (torch's intra-op count), cannot turn a one-thread process into a two-thread one.
-    Fresh processes sharing a fresh cache directory, the two-thread one first."""
-    pytest.importorskip("numba")
-    script = (
-        "import sys, torch\n"
-        "from numba.np.ufunc import parallel\n"
-        "from arma_plugin.layers.autoregressive import autoregressive2d\n"
-        "torch.set_num_threads(int(sys.argv[1]))\n"
-        "x = torch.randn(2, 3, 8, 8, requires_grad=True)\n"
-        "alpha = torch.randn(3, 1, 4, requires_grad=True)\n"
-        "autoregressive2d(x, alpha, 'zeros', backend='numba').sum().backward()\n"
-        "print(parallel._is_initialized, torch.get_num_threads())\n")  # numba's flag: its pool was launched
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    for threads, pool_started in ((2, "True"), (1, "False")):
-        assert run_in_fresh_process(script, str(threads), env=env).split() == [pool_started, str(threads)]
+    assert rel_err(ours, released) < 1e-11
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -448,7 +314,7 @@ def test_inplace_op_on_output_keeps_gradients_right(backend, boundary):
     alpha_ref = alpha.detach().clone().requires_grad_()
     ar_solve_reference(x_ref, ar_taps(alpha_ref), boundary).relu().sum().backward()
     # float64, well-conditioned (alpha ~ N(0,1)): exact up to ~1e-15 relative.
-    assert _rel_err(x.grad, x_ref.grad) < 1e-11 and _rel_err(alpha.grad, alpha_ref.grad) < 1e-11
+    assert rel_err(x.grad, x_ref.grad) < 1e-11 and rel_err(alpha.grad, alpha_ref.grad) < 1e-11
 
 
 def test_jit_trace_and_fx():

@@ -140,7 +140,7 @@ def test_smp_dpt_export_in_a_one_thread_process_equals_eager():
     an order that depends on torch's thread count, so it also checks that the AR solve's first
     call leaves that count alone (numba's thread-pool start-up once raised it from 1 to 2
     between the exported and the eager run: 8.4e-5 apart)."""
-    from test_autoregressive import run_in_fresh_process
+    from solve_checks import run_in_fresh_process
 
     script = (
         "import torch, segmentation_models_pytorch as smp\n"

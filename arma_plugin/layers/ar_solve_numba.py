@@ -321,33 +321,39 @@ def _run_plane_loop(kernels, *args) -> None:
         torch.set_num_threads(threads)
 
 
-def _group_size(batch: int, channels: int, h: int, w: int) -> int:
-    """Planes per task: about ``GROUP_ELEMENTS`` elements, at least ``TASKS_PER_THREAD`` tasks per
+def _group_size(batch: int, channels: int, h: int, w: int, group_elements: int = GROUP_ELEMENTS,
+                tasks_per_thread: int = TASKS_PER_THREAD) -> int:
+    """Planes per task: about ``group_elements`` elements, at least ``tasks_per_thread`` tasks per
     thread, and the batch split into equal chunks."""
-    group = min(max(-(-GROUP_ELEMENTS // max(h * w, 1)), 1), max(batch, 1))
+    group = min(max(-(-group_elements // max(h * w, 1)), 1), max(batch, 1))
     threads = torch.get_num_threads()
     if threads > 1:
-        chunks_needed = -(-TASKS_PER_THREAD * threads // max(channels, 1))
+        chunks_needed = -(-tasks_per_thread * threads // max(channels, 1))
         group = min(group, max(batch // chunks_needed, 1))
     n_chunks = -(-max(batch, 1) // group)
     return -(-max(batch, 1) // n_chunks)
 
 
-def numba_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int) -> torch.Tensor:
+def numba_ar_solve(x: torch.Tensor, taps: torch.Tensor, boundary: str, dilation: int, *,
+                   group_elements: int = GROUP_ELEMENTS, tasks_per_thread: int = TASKS_PER_THREAD) -> torch.Tensor:
     """``Y = A^{-1} X`` for contiguous CPU ``x`` ``[B, C, H, W]`` and taps ``[C, Q, 4]`` of its dtype
-    (float32/float64; the op casts)."""
+    (float32/float64; the op casts). ``group_elements`` and ``tasks_per_thread`` size the groups of
+    planes one task solves (module docstring)."""
     out = torch.empty(x.shape, dtype=x.dtype)
     taps_np = taps.detach().contiguous().numpy()
+    group = _group_size(*x.shape, group_elements, tasks_per_thread)
     _run_plane_loop(_FORWARD_GROUPS, x.detach().numpy(), taps_np, dilation, boundary == "circular",
-                    _group_size(*x.shape), out.numpy())
+                    group, out.numpy())
     return out
 
 
 def numba_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, taps: torch.Tensor, boundary: str,
-                            dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dX, dL/dtaps)`` from ``dL/dY`` and the saved input ``X`` (see module docstring)."""
+                            dilation: int, *, group_elements: int = GROUP_ELEMENTS,
+                            tasks_per_thread: int = TASKS_PER_THREAD) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dL/dX, dL/dtaps)`` from ``dL/dY`` and the saved input ``X`` (see module docstring); the
+    group knobs as in :func:`numba_ar_solve`."""
     b, c, h, w = x.shape
-    group = _group_size(b, c, h, w)
+    group = _group_size(b, c, h, w, group_elements, tasks_per_thread)
     n_chunks = -(-b // group)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     grad_taps = torch.empty(n_chunks * c, taps.shape[1], 4, dtype=torch.float64)
