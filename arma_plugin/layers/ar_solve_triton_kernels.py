@@ -169,6 +169,18 @@ def _factor_backward(y, g, j, m, inside, left, right, AXIS: tl.constexpr, CIRCUL
 
 
 @triton.jit
+def _solve_factors(t, taps, j_h, m_h, j_w, m_w, inside, Q: tl.constexpr, SOLVE_H: tl.constexpr,
+                   SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr):
+    """The Q factors along the solved axes applied to the tile ``t``, factor 1 first."""
+    for q in tl.static_range(Q):
+        if SOLVE_H:
+            t = _factor_solve(t, j_h, m_h, inside, _entry(taps, 4 * q), _entry(taps, 4 * q + 1), 0, CIRCULAR)
+        if SOLVE_W:
+            t = _factor_solve(t, j_w, m_w, inside, _entry(taps, 4 * q + 2), _entry(taps, 4 * q + 3), 2, CIRCULAR)
+    return t
+
+
+@triton.jit
 def _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
           CIRCULAR: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr):
     """Program → (batch, channel, H and W offsets and indices as 4-D tiles, mask)."""
@@ -198,11 +210,7 @@ def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
                                                          SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
     taps = _channel_taps(alpha, c, Q, QP, REPARAM, ACC)
     t = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
-    for q in tl.static_range(Q):
-        if SOLVE_H:
-            t = _factor_solve(t, j_h, m_h, mask, _entry(taps, 4 * q), _entry(taps, 4 * q + 1), 0, CIRCULAR)
-        if SOLVE_W:
-            t = _factor_solve(t, j_w, m_w, mask, _entry(taps, 4 * q + 2), _entry(taps, 4 * q + 3), 2, CIRCULAR)
+    t = _solve_factors(t, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
     tl.store(dst + b * dst_sb + c * dst_sc + pos_h * dst_sh + pos_w * dst_sw, t.to(dst.dtype.element_ty),
              mask=mask)
 
@@ -223,11 +231,7 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
                                                          SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
     taps = _channel_taps(alpha, c, Q, QP, REPARAM, ACC)
     y = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
-    for q in tl.static_range(Q):
-        if SOLVE_H:
-            y = _factor_solve(y, j_h, m_h, mask, _entry(taps, 4 * q), _entry(taps, 4 * q + 1), 0, CIRCULAR)
-        if SOLVE_W:
-            y = _factor_solve(y, j_w, m_w, mask, _entry(taps, 4 * q + 2), _entry(taps, 4 * q + 3), 2, CIRCULAR)
+    y = _solve_factors(y, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
     g = tl.load(grad + b * grad_sb + c * grad_sc + pos_h * grad_sh + pos_w * grad_sw, mask=mask,
                 other=0.0).to(ACC)
     grads = tl.zeros([QP * 4], ACC)  # d taps, in the taps' layout; 0 for an axis not solved here
