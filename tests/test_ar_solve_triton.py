@@ -218,6 +218,34 @@ def test_strided_inputs_without_a_layout_copy(boundary):
     assert autoregressive2d(cl, alpha, boundary, backend="triton").is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("boundary, dtype, fused_elements, block", [
+    ("zeros", torch.float64, FUSED, 4), ("circular", torch.float32, 32, 8),
+    pytest.param("circular", torch.float64, 32, 4, marks=pytest.mark.slow),
+    pytest.param("zeros", torch.float32, FUSED, 8, marks=pytest.mark.slow)],
+    ids=["fused-fp64-zeros", "two-pass-fp32-circular", "two-pass-fp64-circular", "fused-fp32-zeros"])
+def test_channels_last_programs_hold_channel_blocks(boundary, dtype, fused_elements, block):
+    """channels_last: a program holds a sector's worth of channels (4 float64, 8 float32); 11
+    channels leave a partial last block; Q = 2, d = 2. Values, dX and every channel's tap
+    gradients equal the NCHW run's (the same arithmetic per channel) and match the reference."""
+    gen = torch.Generator().manual_seed(9)
+    alpha = torch.randn(11, 2, 4, generator=gen, dtype=torch.float64)
+    x = torch.randn(1, 11, 5, 7, generator=gen, dtype=torch.float64).to(dtype)
+    grad_out = torch.randn(1, 11, 5, 7, generator=gen, dtype=torch.float64).to(dtype)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    assert ar_solve_triton.channel_block(x_cl) == block and ar_solve_triton.channel_block(x) == 1
+    plan = dict(fused_elements=fused_elements or ar_solve_triton.FUSED_ELEMENTS, pass_elements=16)
+    y, gx, ga = _triton(x, alpha.to(dtype), grad_out, boundary, 2, fused_elements=plan["fused_elements"])
+    y_cl, gx_cl, ga_cl = _triton(x_cl, alpha.to(dtype), grad_out.contiguous(memory_format=torch.channels_last),
+                                 boundary, 2, fused_elements=plan["fused_elements"])
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(y_cl, y) and torch.equal(gx_cl, gx)
+    # tap gradients: the same products, summed in another order across programs
+    eps = EPS64 if dtype == torch.float64 else EPS32
+    assert torch.allclose(ga_cl, ga, rtol=64 * eps, atol=64 * eps * ga.abs().max().item())
+    y_ref, gx_ref, ga_ref = _reference(x.double(), alpha, grad_out.double(), boundary, 2)
+    tol = 1e3 * eps * condition(ar_taps(alpha), 5, 7, boundary, 2)  # as _check_against_reference
+    assert rel_err(y_cl, y_ref) <= tol and rel_err(gx_cl, gx_ref) <= tol and rel_err(ga_cl, ga_ref) <= tol
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_inplace_op_on_output_keeps_gradients_right(boundary):
     """timm/SMP apply ReLU(inplace=True) right after a conv: backward must not need Y intact."""
@@ -279,9 +307,9 @@ def usage(kernel, pointers, consts, warps):
 
 
 rows = []
-for h, w, dilation, circular, data, q, reparam, fused, per_pass in json.loads(sys.argv[1]):
+for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass in json.loads(sys.argv[1]):
     acc = tl.float64 if data == "fp64" else tl.float32
-    for step in host._plan(h, w, dilation, circular, fused, per_pass):
+    for step in host._plan(h, w, dilation, circular, channels, fused, per_pass):
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
                       **step.constants())
         warps = host._warps(step.elements(), None)
@@ -306,35 +334,42 @@ def _compile_for_cuda(variants) -> list:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-# (H, W, dilation, circular, data type, Q, reparam, fused elements, elements per pass)
-SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 16384, 4096),
-                  (24, 40, 1, True, "fp32", 3, True, 256, 64)]
+# (H, W, dilation, circular, data type, Q, reparam, channels per program, fused elements,
+# elements per pass)
+SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 1, 16384, 4096),
+                  (7, 7, 1, True, "fp32", 1, True, 8, 16384, 4096),
+                  (24, 40, 1, True, "fp32", 3, True, 1, 256, 64)]
 
 
-@pytest.mark.parametrize("variant", [SMALL_VARIANTS[0], pytest.param(SMALL_VARIANTS[1], marks=pytest.mark.slow)],
-                         ids=["fused-dilated-bf16-zeros", "two-pass-fp32-circular"])
+@pytest.mark.parametrize("variant", [SMALL_VARIANTS[0], SMALL_VARIANTS[1],
+                                     pytest.param(SMALL_VARIANTS[2], marks=pytest.mark.slow)],
+                         ids=["fused-dilated-bf16-zeros", "fused-channels_last-fp32-circular",
+                              "two-pass-fp32-circular"])
 def test_kernels_compile_for_a_cuda_target_without_spills(variant):
-    """Small tiles (fused with two chains per axis; both passes of the two-pass plan; both
-    boundaries, reparam on and off): every kernel compiles for sm_90, with no spills to local
-    memory (10-30 s per kernel on 2 cores)."""
+    """Small tiles (fused with two chains per axis; a channels_last block of 8 channels; both
+    passes of the two-pass plan; both boundaries, reparam on and off): every kernel compiles
+    for sm_90, with no spills to local memory (10-30 s per kernel on 2 cores)."""
     for name, resources in _compile_for_cuda([variant]):
         assert resources.get("STACK", 0) == 0 and resources.get("LOCAL", 0) == 0, (name, resources)
 
 
-# The maps' default plans: 128² fused (fp32, bf16), a 2048-long map in two passes, dilation 2,
+# The maps' default plans: 128² fused (fp32, bf16), 128² channels_last in two passes (blocks of 8
+# float32 or 16 bfloat16 channels), a 2048-long map in two passes, dilation 2,
 # Q = 3, float64. The fused backward of a 128² plane holds the state and the gradient
 # (2 × 64 KiB of float32) and the scans' temporaries: more than an SM's 256 KiB register file
 # holds at once, so it spills to local memory; such variants are reported as expected failures
 # with their resource usage, not hidden.
-FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 16384, 4096),
-                 (128, 128, 1, False, "bf16", 1, True, 16384, 4096),
-                 (64, 64, 2, True, "fp32", 2, True, 16384, 4096),
-                 (64, 64, 1, False, "fp64", 3, False, 16384, 4096),
-                 (3, 2048, 1, False, "fp32", 1, True, 4096, 4096)]
+FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, 16384, 4096),
+                 (128, 128, 1, False, "bf16", 1, True, 1, 16384, 4096),
+                 (128, 128, 1, True, "fp32", 1, True, 8, 16384, 4096),
+                 (128, 128, 1, False, "bf16", 1, True, 16, 16384, 4096),
+                 (64, 64, 2, True, "fp32", 2, True, 1, 16384, 4096),
+                 (64, 64, 1, False, "fp64", 3, False, 1, 16384, 4096),
+                 (3, 2048, 1, False, "fp32", 1, True, 1, 4096, 4096)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", FULL_VARIANTS, ids=lambda v: f"{v[0]}x{v[1]}-d{v[2]}-{v[4]}-Q{v[5]}")
+@pytest.mark.parametrize("variant", FULL_VARIANTS, ids=lambda v: f"{v[0]}x{v[1]}-d{v[2]}-{v[4]}-Q{v[5]}-cb{v[7]}")
 def test_default_plans_compile_for_a_cuda_target(variant):
     """Every kernel of the default plans compiles for sm_90 (~20-50 s per kernel on 2 cores)."""
     rows = _compile_for_cuda([variant])

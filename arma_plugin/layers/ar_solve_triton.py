@@ -1,11 +1,14 @@
 """GPU AR solve: Triton tile-scan kernels (``ar_solve_triton_kernels``) and their launches.
 
-A plane whose padded tile has at most ``fused_elements`` elements (every map of a 224-px
-ImageNet network at the default 16 384) is solved by one program along both axes and all Q
-factors: the forward reads ``X`` once and writes ``Y`` once, the backward reads ``X`` and
-``dY`` once and writes ``dX`` once. Larger planes take one pass per axis through a float32
-(float64) buffer in the input's layout, each program holding whole lines: ``[H, columns]``
-for the H factors, ``[rows, W]`` for the W factors, about ``pass_elements`` elements each.
+A program holds one plane (W the fastest axis, NCHW) or a block of channels that fills a
+32-byte sector (C the fastest axis, channels_last: 8 float32, 16 bfloat16/float16, 4
+float64), so its lanes always run along contiguous memory. Planes whose padded tile has at
+most ``fused_elements`` elements (every map of a 224-px ImageNet network in NCHW at the
+default 16 384) are solved by one program along both axes and all Q factors: the forward
+reads ``X`` once and writes ``Y`` once, the backward reads ``X`` and ``dY`` once and writes
+``dX`` once. Larger tiles take one pass per axis through a float32 (float64) buffer in the
+input's layout, each program holding whole lines: ``[H, columns]`` for the H factors,
+``[rows, W]`` for the W factors, about ``pass_elements`` elements each.
 Tap gradients: one partial sum per program and tap, summed per channel by one small kernel
 that also applies the re-parameterisation's chain rule. No host synchronisation; launches run
 under the input's device. Only valid for taps inside the stable region (the dispatcher checks).
@@ -22,6 +25,7 @@ from . import ar_solve_triton_kernels as kernels
 
 FUSED_ELEMENTS = 16384
 PASS_ELEMENTS = 4096
+SECTOR_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -40,34 +44,45 @@ def _solved_axis(n: int, dilation: int, circular: bool) -> _AxisTile:
 
 @dataclass(frozen=True)
 class _Pass:
-    """One launch's tiling: which axes it solves and the tile along each axis."""
+    """One launch's tiling: which axes it solves, the tile along each axis, the channels per
+    program and the programs per channel block."""
     solve_h: bool
     solve_w: bool
     tile_h: _AxisTile
     tile_w: _AxisTile
+    channels: int
     blocks: int
 
     def constants(self) -> dict:
         return dict(SOLVE_H=self.solve_h, SOLVE_W=self.solve_w, LH=self.tile_h.length, CHH=self.tile_h.chains,
-                    LW=self.tile_w.length, CHW=self.tile_w.chains)
+                    LW=self.tile_w.length, CHW=self.tile_w.chains, CB=self.channels)
 
     def elements(self) -> int:
-        return self.tile_h.length * self.tile_h.chains * self.tile_w.length * self.tile_w.chains
+        return (self.tile_h.length * self.tile_h.chains * self.tile_w.length * self.tile_w.chains
+                * self.channels)
 
 
-def _plan(h: int, w: int, dilation: int, circular: bool, fused_elements: int,
+def channel_block(x: torch.Tensor) -> int:
+    """Channels per program: 1 unless C is ``x``'s fastest axis (channels_last), then enough
+    channels to fill a 32-byte sector (at most C, rounded up to a power of two)."""
+    if x.shape[1] == 1 or x.stride(1) != 1:
+        return 1
+    return min(triton.next_power_of_2(x.shape[1]), max(SECTOR_BYTES // x.element_size(), 1))
+
+
+def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, fused_elements: int,
           pass_elements: int) -> list[_Pass]:
-    """One fused pass if the padded plane fits ``fused_elements``, else an H pass then a W pass."""
+    """One fused pass if the padded tile fits ``fused_elements``, else an H pass then a W pass."""
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
-    fused = _Pass(True, True, axis_h, axis_w, 1)
+    fused = _Pass(True, True, axis_h, axis_w, channels, 1)
     if fused.elements() <= fused_elements:
         return [fused]
-    line_h = axis_h.length * axis_h.chains
-    line_w = axis_w.length * axis_w.chains
+    line_h = axis_h.length * axis_h.chains * channels
+    line_w = axis_w.length * axis_w.chains * channels
     cols = min(max(pass_elements // line_h, 1), triton.next_power_of_2(w))
     rows = min(max(pass_elements // line_w, 1), triton.next_power_of_2(h))
-    return [_Pass(True, False, axis_h, _AxisTile(cols, 1, 1), triton.cdiv(w, cols)),
-            _Pass(False, True, _AxisTile(rows, 1, 1), axis_w, triton.cdiv(h, rows))]
+    return [_Pass(True, False, axis_h, _AxisTile(cols, 1, 1), channels, triton.cdiv(w, cols)),
+            _Pass(False, True, _AxisTile(rows, 1, 1), axis_w, channels, triton.cdiv(h, rows))]
 
 
 def _warps(elements: int, num_warps: int | None) -> int:
@@ -85,7 +100,7 @@ def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, 
     q = alpha.shape[1]
     consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=boundary == "circular", REPARAM=reparam,
                   ACC=_accumulator(x), **step.constants())
-    return (b * c, step.blocks), args, consts
+    return (b * triton.cdiv(c, step.channels), step.blocks), args, consts
 
 
 def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warps):
@@ -101,7 +116,7 @@ def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam
     ``x``'s dtype and layout), ``alpha`` ``[C, Q, 4]`` (taps themselves if not ``reparam``)."""
     out = torch.empty_like(x)
     alpha = alpha.detach().contiguous()
-    plan = _plan(*x.shape[2:], dilation, boundary == "circular", fused_elements, pass_elements)
+    plan = _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x), fused_elements, pass_elements)
     with torch.cuda.device_of(x):
         if len(plan) == 1:
             _launch_forward(x, out, alpha, boundary, reparam, dilation, plan[0], num_warps)
@@ -130,7 +145,7 @@ def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch
     grad_x = torch.empty_like(x)
     grad_alpha = torch.empty_like(alpha)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    plan = _plan(*x.shape[2:], dilation, boundary == "circular", fused_elements, pass_elements)
+    plan = _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x), fused_elements, pass_elements)
     rows = b * sum(step.blocks for step in plan)
     partial = torch.empty(c, rows, q * 4, dtype=acc, device=x.device)
     with torch.cuda.device_of(x):

@@ -1,11 +1,15 @@
 """Triton kernels of the AR solve: register tiles, first-order scans, taps computed on chip.
 
-A tile holds a block of one plane as ``[LH, CHH, LW, CHW]``: along an axis that the kernel
+A tile holds a block of ``CB`` planes (channels ``c0 … c0+CB-1`` of one image) as
+``[LH, CHH, LW, CHW, CB]``: ``CB = 1`` when W is the tensor's fastest axis (NCHW), so lanes
+run along W; ``CB`` channels filling a 32-byte sector when C is (channels_last), so lanes run
+across channels and every load and store is sector-aligned. Along an axis that the kernel
 solves, ``(j, r)`` is position ``j`` of chain ``r`` (the positions ``r, r+d, r+2d, …`` that a
 dilated factor couples; for ``circular`` the ``gcd(n, d)`` cycles ``(r + j·d) mod n``); along
 an axis it does not solve, ``(j, 0)`` is position ``block0 + j``. With ``d = 1`` there is one
-chain and the tile is the plain ``[H, W]`` block; with ``d | n`` the flattened ``(j, r)`` is the
-memory order again, so every load and store stays contiguous along the tensor's fastest axis.
+chain and the tile is the plain ``[H, W, CB]`` block; with ``d | n`` the flattened ``(j, r)`` is
+the memory order again, so every load and store stays contiguous along the tensor's fastest axis.
+Taps are per channel: ``[CB]`` vectors broadcast along the channel axis.
 
 A factor ``y[i] + right·y[i-d] + left·y[i+d]`` is ``s(1 + b·L)(1 + a·U)`` on a chain (``L``/``U``:
 previous/next element, ``s = (1 + sqrt(1 - 4·left·right))/2``, ``a = left/s``, ``b = right/s``,
@@ -19,7 +23,7 @@ Sherman–Morrison rank-one term for ``zeros``).
 Backward (Thm 4) re-solves from the saved ``X``, then walks the factors back, last first: the
 transposed solve of the gradient (``left``/``right`` swapped), the tap gradients
 ``-Σ g[i]·y[i±d]`` against the factor's output ``y``, and the factor re-applied to ``y`` to get
-its input. Tap gradients leave each program as one partial sum per tap; one small kernel
+its input. Tap gradients leave each program as one partial sum per channel and tap; one small kernel
 sums them per channel and applies the re-parameterisation's chain rule (Thm 7).
 """
 from __future__ import annotations
@@ -65,41 +69,52 @@ def _capped_tanh(v):
 
 @triton.jit
 def _rotate_pairs(v, QP: tl.constexpr, SECOND_MINUS_FIRST: tl.constexpr):
-    """Per (factor, axis) pair ``(p, s)`` of ``v`` ``[QP·4]``: ``((p + s)/√2, (s - p)/√2)``, or
-    ``((p - s)/√2, (p + s)/√2)``, the transposed rotation (Thm 7's 45° rotation and its adjoint)."""
-    first, second = tl.split(tl.reshape(v, [QP * 2, 2]))
+    """Per (factor, axis) pair ``(p, s)`` of each row of ``v`` ``[N, QP·4]``: ``((p + s)/√2,
+    (s - p)/√2)``, or ``((p - s)/√2, (p + s)/√2)``, the transposed rotation (Thm 7's 45°
+    rotation and its adjoint)."""
+    first, second = tl.split(tl.reshape(v, [v.shape[0], QP * 2, 2]))
     if SECOND_MINUS_FIRST:
         rotated = tl.join((first + second) * INV_SQRT2, (second - first) * INV_SQRT2)
     else:
         rotated = tl.join((first - second) * INV_SQRT2, (first + second) * INV_SQRT2)
-    return tl.reshape(rotated, [QP * 4])
+    return tl.reshape(rotated, [v.shape[0], QP * 4])
 
 
 @triton.jit
-def _channel_taps(alpha, c, Q: tl.constexpr, QP: tl.constexpr, REPARAM: tl.constexpr, acc_t: tl.constexpr):
-    """All taps of channel ``c`` as ``[QP·4]`` (``q·4 + (f_left, f_right, g_left, g_right)``), one load."""
-    cols = tl.arange(0, QP * 4)
-    a = tl.load(alpha + c * (4 * Q) + cols, mask=cols < 4 * Q, other=0.0).to(acc_t)
+def _channel_taps(alpha, c, c_inside, Q: tl.constexpr, QP: tl.constexpr, REPARAM: tl.constexpr,
+                  acc_t: tl.constexpr):
+    """All taps of channels ``c`` ``[CB]`` as ``[CB, QP·4]`` (``q·4 + (f_left, f_right, g_left,
+    g_right)``), one load."""
+    cols = tl.arange(0, QP * 4)[None, :]
+    a = tl.load(alpha + c[:, None] * (4 * Q) + cols, mask=(cols < 4 * Q) & c_inside[:, None], other=0.0).to(acc_t)
     if REPARAM:
         return _rotate_pairs(_capped_tanh(a) * INV_SQRT2, QP, True)
     return a
 
 
 @triton.jit
-def _entry(v, k):
-    """``v[k]`` of a small vector, as a scalar."""
-    return tl.sum(tl.where(tl.arange(0, v.shape[0]) == k, v, 0.0))
+def _tap(taps, k):
+    """Tap ``k`` of every channel of ``taps`` ``[CB, QP·4]``, shaped ``[1, 1, 1, 1, CB]`` for a tile."""
+    column = tl.sum(tl.where(tl.arange(0, taps.shape[1])[None, :] == k, taps, 0.0), 1)
+    return column[None, None, None, None, :]
 
 
 @triton.jit
-def _with_entry(v, k, value):
-    return tl.where(tl.arange(0, v.shape[0]) == k, value, v)
+def _with_tap(taps, k, value):
+    """``taps`` ``[CB, QP·4]`` with column ``k`` replaced by ``value`` ``[CB]``."""
+    return tl.where(tl.arange(0, taps.shape[1])[None, :] == k, value[:, None], taps)
+
+
+@triton.jit
+def _channel_sum(t):
+    """``[LH, CHH, LW, CHW, CB]`` summed to ``[CB]``."""
+    return tl.sum(tl.sum(tl.sum(tl.sum(t, 0), 0), 0), 0)
 
 
 @triton.jit
 def _axis(n, dilation, n_chains, block0, SOLVED: tl.constexpr, CIRCULAR: tl.constexpr,
           L: tl.constexpr, CH: tl.constexpr):
-    """``(position, inside, j, chain length)`` of one tile axis, each ``[L, CH]`` or ``[1, CH]``."""
+    """``(position, inside, j, chain length)`` of one tile axis, each ``[L, CH]``."""
     j = tl.arange(0, L)[:, None]
     r = tl.arange(0, CH)[None, :]
     if SOLVED:
@@ -163,8 +178,8 @@ def _factor_backward(y, g, j, m, inside, left, right, AXIS: tl.constexpr, CIRCUL
     g = _factor_solve(g, j, m, inside, right, left, AXIS, CIRCULAR)
     y_next = _neighbour(y, j, m, 1, AXIS, CIRCULAR)
     y_prev = _neighbour(y, j, m, -1, AXIS, CIRCULAR)
-    grad_left = -tl.sum(g * y_next)
-    grad_right = -tl.sum(g * y_prev)
+    grad_left = -_channel_sum(g * y_next)
+    grad_right = -_channel_sum(g * y_prev)
     return g, grad_left, grad_right, tl.where(inside, y + right * y_prev + left * y_next, 0.0)
 
 
@@ -174,29 +189,39 @@ def _solve_factors(t, taps, j_h, m_h, j_w, m_w, inside, Q: tl.constexpr, SOLVE_H
     """The Q factors along the solved axes applied to the tile ``t``, factor 1 first."""
     for q in tl.static_range(Q):
         if SOLVE_H:
-            t = _factor_solve(t, j_h, m_h, inside, _entry(taps, 4 * q), _entry(taps, 4 * q + 1), 0, CIRCULAR)
+            t = _factor_solve(t, j_h, m_h, inside, _tap(taps, 4 * q), _tap(taps, 4 * q + 1), 0, CIRCULAR)
         if SOLVE_W:
-            t = _factor_solve(t, j_w, m_w, inside, _entry(taps, 4 * q + 2), _entry(taps, 4 * q + 3), 2, CIRCULAR)
+            t = _factor_solve(t, j_w, m_w, inside, _tap(taps, 4 * q + 2), _tap(taps, 4 * q + 3), 2, CIRCULAR)
     return t
 
 
 @triton.jit
 def _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
-          CIRCULAR: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr):
-    """Program → (batch, channel, H and W offsets and indices as 4-D tiles, mask)."""
+          CIRCULAR: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr,
+          CB: tl.constexpr):
+    """Program → (batch, channels ``[CB]`` and their mask, H and W positions and chain indices
+    as 5-D tiles, mask)."""
     plane = tl.program_id(0)
     block = tl.program_id(1)
-    b = (plane // C).to(tl.int64)
-    c = plane % C
+    channel_blocks = tl.cdiv(C, CB)
+    b = (plane // channel_blocks).to(tl.int64)
+    c = (plane % channel_blocks) * CB + tl.arange(0, CB)
+    c_inside = c < C
     pos_h, in_h, j_h, m_h = _axis(H, dilation, chains_h, block * LH, SOLVE_H, CIRCULAR, LH, CHH)
     pos_w, in_w, j_w, m_w = _axis(W, dilation, chains_w, block * LW, SOLVE_W, CIRCULAR, LW, CHW)
-    mask = in_h[:, :, None, None] & in_w[None, None, :, :]
-    return (b, c, pos_h[:, :, None, None].to(tl.int64), pos_w[None, None, :, :].to(tl.int64),
-            j_h[:, :, None, None], m_h[:, :, None, None], j_w[None, None, :, :], m_w[None, None, :, :], mask)
+    mask = in_h[:, :, None, None, None] & in_w[None, None, :, :, None] & c_inside[None, None, None, None, :]
+    return (b, c, c_inside, pos_h[:, :, None, None, None].to(tl.int64), pos_w[None, None, :, :, None].to(tl.int64),
+            j_h[:, :, None, None, None], m_h[:, :, None, None, None], j_w[None, None, :, :, None],
+            m_w[None, None, :, :, None], mask)
 
 
 _SIZES = ["C", "H", "W", "dilation", "chains_h", "chains_w"]
 _STRIDES = ["sb", "sc", "sh", "sw"]
+
+
+@triton.jit
+def _offsets(b, c, pos_h, pos_w, sb, sc, sh, sw):
+    return b * sb + c[None, None, None, None, :].to(tl.int64) * sc + pos_h * sh + pos_w * sw
 
 
 @triton.jit(do_not_specialize=_SIZES + [f"{p}_{s}" for p in ("src", "dst") for s in _STRIDES])
@@ -204,14 +229,14 @@ def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
                    src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
                    Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
                    CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
-                   LW: tl.constexpr, CHW: tl.constexpr):
+                   LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
     """``dst = `` the Q factors along the solved axes applied to ``src``: one read, one write."""
-    b, c, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H,
-                                                         SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
-    taps = _channel_taps(alpha, c, Q, QP, REPARAM, ACC)
-    t = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
+    b, c, c_inside, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w,
+                                                                   SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW, CB)
+    taps = _channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    t = tl.load(src + _offsets(b, c, pos_h, pos_w, src_sb, src_sc, src_sh, src_sw), mask=mask, other=0.0).to(ACC)
     t = _solve_factors(t, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
-    tl.store(dst + b * dst_sb + c * dst_sc + pos_h * dst_sh + pos_w * dst_sw, t.to(dst.dtype.element_ty),
+    tl.store(dst + _offsets(b, c, pos_h, pos_w, dst_sb, dst_sc, dst_sh, dst_sw), t.to(dst.dtype.element_ty),
              mask=mask)
 
 
@@ -222,33 +247,33 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
                     dst_sb, dst_sc, dst_sh, dst_sw,
                     Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
                     CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
-                    LW: tl.constexpr, CHW: tl.constexpr):
+                    LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
     """Thm 4 for the solved axes: ``src`` is the input of their factors, ``grad`` the gradient
     of their output, ``dst`` receives the gradient of their input. The program's tap
-    gradients go to row ``row0 + b·rows_per_batch + block`` of ``partial`` ``[C, rows, Q·4]``
-    (taps of an axis it does not solve: 0)."""
-    b, c, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H,
-                                                         SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
-    taps = _channel_taps(alpha, c, Q, QP, REPARAM, ACC)
-    y = tl.load(src + b * src_sb + c * src_sc + pos_h * src_sh + pos_w * src_sw, mask=mask, other=0.0).to(ACC)
+    gradients go to row ``row0 + b·rows_per_batch + block`` of ``partial`` ``[C, rows, Q·4]``,
+    one row per channel (taps of an axis it does not solve: 0)."""
+    b, c, c_inside, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w,
+                                                                   SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW, CB)
+    taps = _channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    y = tl.load(src + _offsets(b, c, pos_h, pos_w, src_sb, src_sc, src_sh, src_sw), mask=mask, other=0.0).to(ACC)
     y = _solve_factors(y, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
-    g = tl.load(grad + b * grad_sb + c * grad_sc + pos_h * grad_sh + pos_w * grad_sw, mask=mask,
+    g = tl.load(grad + _offsets(b, c, pos_h, pos_w, grad_sb, grad_sc, grad_sh, grad_sw), mask=mask,
                 other=0.0).to(ACC)
-    grads = tl.zeros([QP * 4], ACC)  # d taps, in the taps' layout; 0 for an axis not solved here
+    grads = tl.zeros([CB, QP * 4], ACC)  # d taps, in the taps' layout; 0 for an axis not solved here
     for k in tl.static_range(Q):
         q = Q - 1 - k
         if SOLVE_W:
-            g, grad_left, grad_right, y = _factor_backward(y, g, j_w, m_w, mask, _entry(taps, 4 * q + 2),
-                                                           _entry(taps, 4 * q + 3), 2, CIRCULAR)
-            grads = _with_entry(_with_entry(grads, 4 * q + 2, grad_left), 4 * q + 3, grad_right)
+            g, grad_left, grad_right, y = _factor_backward(y, g, j_w, m_w, mask, _tap(taps, 4 * q + 2),
+                                                           _tap(taps, 4 * q + 3), 2, CIRCULAR)
+            grads = _with_tap(_with_tap(grads, 4 * q + 2, grad_left), 4 * q + 3, grad_right)
         if SOLVE_H:
-            g, grad_left, grad_right, y = _factor_backward(y, g, j_h, m_h, mask, _entry(taps, 4 * q),
-                                                           _entry(taps, 4 * q + 1), 0, CIRCULAR)
-            grads = _with_entry(_with_entry(grads, 4 * q, grad_left), 4 * q + 1, grad_right)
-    cols = tl.arange(0, QP * 4)
-    row = (c * rows + row0 + b * tl.num_programs(1) + tl.program_id(1)) * (4 * Q)
-    tl.store(partial + row + cols, grads, mask=cols < 4 * Q)
-    tl.store(dst + b * dst_sb + c * dst_sc + pos_h * dst_sh + pos_w * dst_sw, g.to(dst.dtype.element_ty),
+            g, grad_left, grad_right, y = _factor_backward(y, g, j_h, m_h, mask, _tap(taps, 4 * q),
+                                                           _tap(taps, 4 * q + 1), 0, CIRCULAR)
+            grads = _with_tap(_with_tap(grads, 4 * q, grad_left), 4 * q + 1, grad_right)
+    cols = tl.arange(0, QP * 4)[None, :]
+    row = c[:, None].to(tl.int64) * rows + row0 + b * tl.num_programs(1) + tl.program_id(1)
+    tl.store(partial + row * (4 * Q) + cols, grads, mask=(cols < 4 * Q) & c_inside[:, None])
+    tl.store(dst + _offsets(b, c, pos_h, pos_w, dst_sb, dst_sc, dst_sh, dst_sw), g.to(dst.dtype.element_ty),
              mask=mask)
 
 
@@ -271,5 +296,5 @@ def tap_gradient_kernel(partial, alpha, grad_alpha, rows, Q: tl.constexpr, QP: t
         t = _tanh(a)
         # d c_k / d alpha_k, 0 where the cap is flat (as torch.clamp's gradient)
         slope = tl.where(tl.abs(t) <= TANH_LIMIT, (1.0 - t * t) * INV_SQRT2, 0.0)
-        acc = _rotate_pairs(acc, QP, False) * slope
+        acc = tl.reshape(_rotate_pairs(acc[None, :], QP, False), [QP * 4]) * slope
     tl.store(grad_alpha + c * (4 * Q) + cols, acc.to(grad_alpha.dtype.element_ty), mask=cols < 4 * Q)
