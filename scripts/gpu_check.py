@@ -6,14 +6,17 @@ so that a killed run keeps what it measured):
 1. device name, torch / triton / CUDA versions;
 2. correctness on the device of every backend that runs there (``torch``, ``triton``) against
    the dense float64 reference on CPU: values, dX, dalpha; Q = 1, 2, 3, dilation 1, 2, maps
-   from 1×1 to 3×2048 (the two-pass plan), the two boundaries interleaved case by case;
+   from 1×1 to 3×2048 (the two-pass plan) and 2×4100 (lines in chunks), the two boundaries
+   interleaved case by case;
    float64, float32 and bfloat16; then channels_last + bf16 autocast,
    ``torch.compile(fullgraph=True)`` and CUDA graphs (each behind the budget guard);
-3. the triton plan variants (fused-plane limit × elements per pass × warps), the most
-   promising first, at 8×64×128², fwd+bwd, each checked against the default's numbers;
+3. the triton plan variants (fused-tile limit × elements per pass × line length before chunks ×
+   warps), the most promising first, at 8×64×128², fwd+bwd, each checked against the
+   default's numbers;
 4. a per-kernel profile (``torch.profiler``) of one triton layer fwd+bwd at 8×64×128²;
 5. the layer table: fwd+bwd median, conv3x3 vs AR per backend vs the released algorithm vs
-   ``x.clone()``, B×C×H×W = 8×64×128², 8×64×256², 32×128×64², 16×256×32², Q = 1, 2, fp32 and
+   ``x.clone()``, B×C×H×W = 8×64×128² (NCHW and channels_last), 8×64×256², 32×128×64²,
+   16×256×32², Q = 1, 2, fp32 and
    bf16 (input from autocast), both boundaries, memory saved for backward;
 6. the model table: train step (fwd+bwd+SGD) median, original vs armafied circular vs zeros,
    timm resnet18 64×3×224², vgg11 32×3×224², convnext_tiny 32×3×224², SMP Unet-resnet34
@@ -78,16 +81,20 @@ class Setup:
         self.timed_backends = [b for b in self.backends if not (smoke and b == "triton")]
         self.check_qs = (1, 2) if smoke else (1, 2, 3)
         self.check_dilations = (2,) if smoke else (1, 2)
-        self.check_sizes = ((3, 5),) if smoke else ((1, 1), (2, 7), (5, 3), (33, 64), (130, 67), (3, 2048))
+        self.check_sizes = ((3, 5),) if smoke else ((1, 1), (2, 7), (5, 3), (33, 64), (130, 67), (3, 2048),
+                                                    (2, 4100))
         self.check_batch, self.check_channels = (1, 2) if smoke else (2, 3)
         self.layout_shape = (1, 2, 4, 5) if smoke else (2, 8, 12, 10)
-        # (largest plane solved by one program, elements per program of a pass, warps; None: default)
-        self.variants = [(16384, 4096, None), (8, 4, None)] if smoke else [
-            (16384, 4096, None), (16384, 4096, 8), (16384, 4096, 32), (8192, 4096, None), (8192, 2048, 8),
-            (4096, 4096, None)]
+        # (largest tile solved by one program, elements per program of a pass, longest line per
+        # program before chunks, warps; None: default)
+        self.variants = [(16384, 4096, 4096, None), (8, 4, 2, None)] if smoke else [
+            (16384, 4096, 4096, None), (16384, 4096, 4096, 8), (16384, 4096, 4096, 32), (8192, 4096, 4096, None),
+            (8192, 2048, 2048, 8), (4096, 4096, 4096, None), (4096, 4096, 64, None)]
         self.variant_shape = (1, 1, 3, 4) if smoke else (8, 64, 128, 128)
-        self.layer_shapes = ((2, 16, 32, 32),) if smoke else ((8, 64, 128, 128), (8, 64, 256, 256),
-                                                          (32, 128, 64, 64), (16, 256, 32, 32))
+        # (B, C, H, W, memory format)
+        self.layer_shapes = ((2, 16, 32, 32, "channels_last"),) if smoke else (
+            (8, 64, 128, 128, "nchw"), (8, 64, 128, 128, "channels_last"), (8, 64, 256, 256, "nchw"),
+            (32, 128, 64, 64, "nchw"), (16, 256, 32, 32, "nchw"))
         self.layer_qs = (1,) if smoke else (1, 2)
         self.repeats = 3 if smoke else 20
         self.warmup = 1 if smoke else 2
@@ -223,7 +230,7 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
     if "triton" not in setup.backends:
         print("\n## Triton variants: skipped, the triton backend does not run here")
         return True
-    from arma_plugin.layers.ar_solve_triton import triton_ar_solve, triton_ar_solve_backward
+    from arma_plugin.layers.ar_solve_triton import Tiling, triton_ar_solve, triton_ar_solve_backward
 
     print("\n## Triton variants, fwd+bwd ms at B×C×H×W =", "×".join(map(str, setup.variant_shape)),
           "Q=1 fp32 circular" + (" (smoke: interpreter times, meaningless)" if setup.smoke else ""))
@@ -231,10 +238,11 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
     grad = torch.randn_like(x)
     alpha = 0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)
 
-    def run(fused: int, per_pass: int, warps: int | None) -> list[torch.Tensor]:
-        plan = dict(fused_elements=fused, pass_elements=per_pass, num_warps=warps)
-        y = triton_ar_solve(x, alpha, "circular", True, 1, **plan)
-        return [y, *triton_ar_solve_backward(grad, x, alpha, "circular", True, 1, **plan)]
+    def run(fused: int, per_pass: int, line: int, warps: int | None) -> list[torch.Tensor]:
+        tiling = Tiling(fused, per_pass, line, warps)
+        y, state = triton_ar_solve(x, alpha, "circular", True, 1, tiling)
+        saved = x if state is None else state
+        return [y, *triton_ar_solve_backward(grad, saved, alpha, "circular", True, 1, state is not None, tiling)]
 
     default = run(*setup.variants[0])
     rows = []
@@ -244,8 +252,9 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
         same = max(rel_err(a, b) for a, b in zip(run(*variant), default)) < 1e-6
         ms = median_ms(lambda: run(*variant), setup.device, setup.repeats, setup.warmup)
         rows.append([*variant, ms, "ok" if same else "MISMATCH (excluded)"])
-    print(format_table(["fused elements", "pass elements", "warps", "ms", "vs default"], rows, float_format=".3f"))
-    header = ["fused_elements", "pass_elements", "num_warps", "ms", "status"]
+    print(format_table(["fused elements", "pass elements", "line elements", "warps", "ms", "vs default"], rows,
+                       float_format=".3f"))
+    header = ["fused_elements", "pass_elements", "line_elements", "num_warps", "ms", "status"]
     results["variants"] = [dict(zip(header, r)) for r in rows]
     return all(r[-1] == "ok" for r in rows)
 
@@ -280,12 +289,13 @@ def layer_table(setup: Setup, budget: Budget, results: dict) -> None:
     print(f"\n## Layer, fwd+bwd median of {setup.repeats}, ms (bf16: input in bf16 as from autocast)")
     dev = setup.device
     rows = []
-    for shape in setup.layer_shapes:
+    for *shape, layout in setup.layer_shapes:
         b, c, h, w = shape
-        conv = nn.Conv2d(c, c, 3, padding=1, device=dev)
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        conv = nn.Conv2d(c, c, 3, padding=1, device=dev).to(memory_format=memory_format)
         for dtype in setup.dtypes:
-            x = torch.randn(*shape, device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
-                            requires_grad=True)
+            x = torch.randn(*shape, device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+            x = x.contiguous(memory_format=memory_format).requires_grad_()
             grad = torch.randn_like(x)
             with setup.autocast(dtype):
                 conv_ms = median_ms(fwd_bwd(conv, x, grad), dev, setup.repeats, setup.warmup)
@@ -296,7 +306,7 @@ def layer_table(setup: Setup, budget: Budget, results: dict) -> None:
                     if not budget.allows("layer table", f"{shape} {dtype} Q={q} {boundary}", 150):
                         _print_layer_rows(setup, rows, results)
                         return
-                    row = {"shape": "×".join(map(str, shape)), "dtype": dtype, "Q": q, "boundary": boundary,
+                    row = {"shape": "×".join(map(str, shape)), "layout": layout, "dtype": dtype, "Q": q, "boundary": boundary,
                            "conv_ms": conv_ms, "clone_ms": clone_ms}
                     for backend in setup.timed_backends:
                         def layer(t: torch.Tensor, backend: str = backend) -> torch.Tensor:
@@ -313,9 +323,9 @@ def layer_table(setup: Setup, budget: Budget, results: dict) -> None:
 def _print_layer_rows(setup: Setup, rows: list[dict], results: dict) -> None:
     backends = setup.timed_backends
     lead = backends[0]
-    header = (["B×C×H×W", "dtype", "Q", "boundary", "conv", "clone"] + [f"AR[{b}]" for b in backends]
+    header = (["B×C×H×W", "layout", "dtype", "Q", "boundary", "conv", "clone"] + [f"AR[{b}]" for b in backends]
               + ["released", f"AR[{lead}]/conv", f"released/AR[{lead}]", f"saved AR[{lead}] (×x)"])
-    table = [[r["shape"], r["dtype"], r["Q"], r["boundary"], r["conv_ms"], r["clone_ms"]]
+    table = [[r["shape"], r["layout"], r["dtype"], r["Q"], r["boundary"], r["conv_ms"], r["clone_ms"]]
              + [r[f"{b}_ms"] for b in backends]
              + [r.get("released_ms"), r[f"{lead}_ms"] / r["conv_ms"],
                 r["released_ms"] / r[f"{lead}_ms"] if "released_ms" in r else None, r[f"{lead}_saved_x"]]

@@ -59,16 +59,16 @@ def test_dtype_layout_and_empty_rules_hold_for_every_backend(backend):
     alpha = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)
     x = torch.randn(2, 3, 4, 5, generator=gen).to(torch.bfloat16, memory_format=torch.channels_last)
     op = torch.ops.arma_plugin.ar_solve
-    y = op(x, alpha, "zeros", True, 1, backend)
-    assert y.dtype == torch.bfloat16 and y.stride() == x.stride()
-    y32 = op(x.float().contiguous(), alpha, "zeros", True, 1, backend)
+    y, state = op(x, alpha, "zeros", True, 1, backend)
+    assert y.dtype == torch.bfloat16 and y.stride() == x.stride() and state.numel() == 0
+    y32 = op(x.float().contiguous(), alpha, "zeros", True, 1, backend)[0]
     # one bfloat16 rounding of the float32 result (2^-8 relative to the largest entry)
     assert (y.float() - y32).abs().max() <= 2 ** -8 * y32.abs().max()
     grad_x, grad_alpha = torch.ops.arma_plugin.ar_solve_backward(torch.ones_like(x), x, alpha, "zeros", True, 1,
                                                                  backend)
     assert grad_x.dtype == torch.bfloat16 and grad_x.stride() == x.stride() and grad_alpha.dtype == torch.float64
     empty = x[:0]
-    assert op(empty, alpha, "circular", True, 1, backend).shape == empty.shape
+    assert op(empty, alpha, "circular", True, 1, backend)[0].shape == empty.shape
     grad_x, grad_alpha = torch.ops.arma_plugin.ar_solve_backward(empty, empty, alpha, "circular", True, 1, backend)
     assert grad_x.shape == empty.shape and torch.equal(grad_alpha, torch.zeros_like(alpha))
 
@@ -86,3 +86,10 @@ def test_tap_chain_rule_matches_autograd():
         # float64, a few operations: agreement to rounding
         assert torch.allclose(ar_taps_backward(alpha, grad_taps, reparam), expected, rtol=1e-12, atol=1e-15)
     assert ar_taps_backward(alpha, grad_taps)[0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2])
+def test_only_triton_has_a_state(backend):
+    x, alpha, grad_y = _inputs(torch.float32)
+    with pytest.raises(ValueError, match="x_is_state=True needs backend='triton'"):
+        torch.ops.arma_plugin.ar_solve_backward(grad_y, x, alpha, "zeros", True, 1, backend, True)

@@ -75,7 +75,7 @@ def _axis_inverse(axis_taps: torch.Tensor, n: int, boundary: str, dilation: int,
     taps = torch.cat((axis_taps, axis_taps.new_zeros(channels, factors, 2)), dim=-1)
     eye = torch.eye(n, dtype=torch.float64, device=axis_taps.device).expand(1, channels, n, n).contiguous()
     backend = resolve_backend(eye, taps, known_stable=known_stable)
-    return ar_solve(eye, taps, boundary, False, dilation, backend)[0]  # reparam=False: taps as given
+    return ar_solve(eye, taps, boundary, False, dilation, backend)[0][0]  # reparam=False: taps as given
 
 
 def _map_sizes(model: nn.Module, args: tuple[Any, ...]) -> dict[int, tuple[int, int]]:

@@ -1,12 +1,16 @@
 """The AR solve as a PyTorch custom op with a Thm 4 backward.
 
-``torch.ops.arma_plugin.ar_solve(x, alpha, boundary, reparam, dilation, backend)`` computes
-``Y = A^{-1} X`` with the taps of ``alpha`` (Thm 7 re-parameterisation if ``reparam``, else
-the raw taps); its registered autograd saves only ``X`` and ``alpha``, and the backward
-kernels re-solve for ``Y`` themselves. Saving ``X`` rather than ``Y`` lets the caller
-overwrite ``Y`` in place: timm and SMP put ``ReLU(inplace=True)`` right after convolutions,
-and inside ``ARMAConv2d`` nothing else holds ``X``. Being a ``torch.library.custom_op`` it is
-opaque to ``torch.compile`` (no graph break), ``torch.jit.trace`` and ``torch.fx``.
+``torch.ops.arma_plugin.ar_solve(x, alpha, boundary, reparam, dilation, backend)`` returns
+``(Y, state)``: ``Y = A^{-1} X`` with the taps of ``alpha`` (Thm 7 re-parameterisation if
+``reparam``, else the raw taps), and ``state``, empty unless the backend solves the map in
+two passes (triton, maps too large for one program): then it is the first pass's output, in
+float32 (float64), which the backward needs and would otherwise recompute from ``X``. The
+registered autograd saves ``alpha`` and ``state``, or ``X`` when ``state`` is empty, and the
+backward kernels re-solve for ``Y`` themselves. Saving an input-side tensor rather than ``Y``
+lets the caller overwrite ``Y`` in place: timm and SMP put ``ReLU(inplace=True)`` right after
+convolutions, and inside ``ARMAConv2d`` nothing else holds ``X``. Being a
+``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
+``torch.jit.trace`` and ``torch.fx``.
 
 The rules every backend shares live here: the output and ``dX`` have ``x``'s dtype and
 layout (``torch.empty_like``), ``d alpha`` has ``alpha``'s dtype; the solve accumulates in
@@ -102,36 +106,55 @@ def _in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like).copy_(t)
 
 
+def _keeps_state(x: torch.Tensor, boundary: str, dilation: int, backend: str) -> bool:
+    if backend != "triton" or x.numel() == 0:
+        return False
+    from .ar_solve_triton import keeps_state
+    return keeps_state(x, boundary, dilation)
+
+
+def _no_state(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(0, dtype=compute_dtype(x), device=x.device)
+
+
 @torch.library.custom_op("arma_plugin::ar_solve", mutates_args=())
 def ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
-             backend: str) -> torch.Tensor:
+             backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if x.numel() == 0:  # an empty batch or map: nothing to solve (MKL's FFT refuses empty transforms)
-        return torch.empty_like(x)
+        return torch.empty_like(x), _no_state(x)
     if backend == "triton":
         from .ar_solve_triton import triton_ar_solve
-        return triton_ar_solve(x, alpha, boundary, reparam, dilation)
+        y, state = triton_ar_solve(x, alpha, boundary, reparam, dilation)
+        return y, _no_state(x) if state is None else state
     dtype = compute_dtype(x)
     taps = ar_taps(alpha.to(dtype), reparam)
     xc = x.to(dtype).contiguous()
     if backend == "numba":
         from .ar_solve_numba import numba_ar_solve
-        return _in_layout_of(numba_ar_solve(xc, taps, boundary, dilation), x)
-    return _in_layout_of(torch_ar_solve(xc, taps, boundary, dilation), x)
+        return _in_layout_of(numba_ar_solve(xc, taps, boundary, dilation), x), _no_state(x)
+    return _in_layout_of(torch_ar_solve(xc, taps, boundary, dilation), x), _no_state(x)
 
 
 @ar_solve.register_fake
 def _(x, alpha, boundary, reparam, dilation, backend):
-    return torch.empty_like(x)
+    if _keeps_state(x, boundary, dilation, backend):
+        return torch.empty_like(x), torch.empty_like(x, dtype=compute_dtype(x))
+    return torch.empty_like(x), _no_state(x)
 
 
 @torch.library.custom_op("arma_plugin::ar_solve_backward", mutates_args=())
 def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool,
-                      dilation: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                      dilation: int, backend: str, x_is_state: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dX, d alpha)`` from ``dY`` and the solve's input ``x``, or with ``x_is_state`` the
+    non-empty ``state`` that the forward returned instead; ``dX`` has ``dY``'s dtype and
+    ``x``'s layout."""
+    if x_is_state and backend != "triton":
+        raise ValueError(f"x_is_state=True needs backend='triton' (the only backend with a state), got {backend!r}")
     if x.numel() == 0:
         return torch.empty_like(x), torch.zeros_like(alpha)
     if backend == "triton":
         from .ar_solve_triton import triton_ar_solve_backward
-        return triton_ar_solve_backward(grad_y, x, alpha, boundary, reparam, dilation)
+        return triton_ar_solve_backward(grad_y, x, alpha, boundary, reparam, dilation, x_is_state=x_is_state)
     dtype = compute_dtype(x)
     alpha_c = alpha.to(dtype)
     taps = ar_taps(alpha_c, reparam)
@@ -145,19 +168,25 @@ def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor
 
 
 @ar_solve_backward.register_fake
-def _(grad_y, x, alpha, boundary, reparam, dilation, backend):
-    return torch.empty_like(x), torch.empty_like(alpha)
+def _(grad_y, x, alpha, boundary, reparam, dilation, backend, x_is_state=False):
+    return torch.empty_like(x, dtype=grad_y.dtype), torch.empty_like(alpha)
 
 
 def _setup_context(ctx, inputs, output):
     x, alpha, boundary, reparam, dilation, backend = inputs
-    ctx.save_for_backward(x, alpha)
+    state = output[1]
+    ctx.mark_non_differentiable(state)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the state
+    ctx.x_is_state = state.numel() > 0
+    ctx.save_for_backward(state if ctx.x_is_state else x, alpha)
     ctx.solve_args = (boundary, reparam, dilation, backend)
 
 
-def _backward(ctx, grad_y):
+def _backward(ctx, grad_y, grad_state):
+    if grad_y is None:  # Y took no part in the loss
+        return None, None, None, None, None, None
     x, alpha = ctx.saved_tensors
-    grad_x, grad_alpha = ar_solve_backward(grad_y, x, alpha, *ctx.solve_args)
+    grad_x, grad_alpha = ar_solve_backward(grad_y, x, alpha, *ctx.solve_args, ctx.x_is_state)
     return grad_x, grad_alpha, None, None, None, None
 
 

@@ -8,7 +8,12 @@ default 16 384) are solved by one program along both axes and all Q factors: the
 reads ``X`` once and writes ``Y`` once, the backward reads ``X`` and ``dY`` once and writes
 ``dX`` once. Larger tiles take one pass per axis through a float32 (float64) buffer in the
 input's layout, each program holding whole lines: ``[H, columns]`` for the H factors,
-``[rows, W]`` for the W factors, about ``pass_elements`` elements each.
+``[rows, W]`` for the W factors, about ``pass_elements`` elements each, or, for lines (times
+the channels per program) longer than ``line_elements``, a few lines walked in chunks with a
+carried state (``ar_solve_triton_chunks``); that buffer (the H
+factors' output) is the forward's state, which the backward takes in place of ``X``: its
+W pass re-solves ``Y`` from it and its H pass walks the H factors back from it (4 T forward,
+6 T backward in float32, instead of re-solving it from ``X`` first: +2 T).
 Tap gradients: one partial sum per program and tap, summed per channel by one small kernel
 that also applies the re-parameterisation's chain rule. No host synchronisation; launches run
 under the input's device. Only valid for taps inside the stable region (the dispatcher checks).
@@ -21,11 +26,22 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from . import ar_solve_triton_chunks as chunk_kernels
 from . import ar_solve_triton_kernels as kernels
 
-FUSED_ELEMENTS = 16384
-PASS_ELEMENTS = 4096
 SECTOR_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The plan's knobs: a padded tile of at most ``fused_elements`` is solved by one program
+    along both axes; larger maps take one pass per axis with tiles of about ``pass_elements``;
+    a line (times the channels per program) longer than ``line_elements`` is walked in chunks;
+    ``num_warps`` per program (default: from the tile's size)."""
+    fused_elements: int = 16384
+    pass_elements: int = 4096
+    line_elements: int = 4096
+    num_warps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,8 +60,8 @@ def _solved_axis(n: int, dilation: int, circular: bool) -> _AxisTile:
 
 @dataclass(frozen=True)
 class _Pass:
-    """One launch's tiling: which axes it solves, the tile along each axis, the channels per
-    program and the programs per channel block."""
+    """A launch of ``forward_kernel``/``backward_kernel``: which axes it solves, the tile along
+    each axis, the channels per program and the programs per channel block."""
     solve_h: bool
     solve_w: bool
     tile_h: _AxisTile
@@ -62,27 +78,68 @@ class _Pass:
                 * self.channels)
 
 
-def channel_block(x: torch.Tensor) -> int:
+@dataclass(frozen=True)
+class _ChunkedPass:
+    """A launch of the chunked kernels along one axis: ``rows`` lines per program, each chain
+    walked ``length`` positions at a time, ``chunks`` times."""
+    solve_h: bool
+    rows: int
+    length: int
+    chains: _AxisTile
+    channels: int
+    chunks: int
+    blocks: int
+
+    def constants(self) -> dict:
+        return dict(TAP0=0 if self.solve_h else 2, R=self.rows, L=self.length, CH=self.chains.chains,
+                    CB=self.channels)
+
+    def elements(self) -> int:
+        return self.rows * self.length * self.chains.chains * self.channels
+
+
+def channel_block(x: torch.Tensor, element_size: int | None = None) -> int:
     """Channels per program: 1 unless C is ``x``'s fastest axis (channels_last), then enough
-    channels to fill a 32-byte sector (at most C, rounded up to a power of two)."""
+    channels of ``element_size`` bytes (``x``'s) to fill a 32-byte sector (at most C, rounded
+    up to a power of two)."""
     if x.shape[1] == 1 or x.stride(1) != 1:
         return 1
-    return min(triton.next_power_of_2(x.shape[1]), max(SECTOR_BYTES // x.element_size(), 1))
+    return min(triton.next_power_of_2(x.shape[1]), max(SECTOR_BYTES // (element_size or x.element_size()), 1))
 
 
-def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, fused_elements: int,
-          pass_elements: int) -> list[_Pass]:
+def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector_elements: int,
+               tiling: Tiling) -> _Pass | _ChunkedPass:
+    """The pass that solves one axis: whole lines, or lines in chunks when they are too long.
+    Rows per program: a sector's worth when they are the contiguous axis (W of an NCHW H pass)."""
+    line = axis.length * axis.chains * channels
+    if line > tiling.line_elements:
+        rows = sector_elements if solve_h and channels == 1 else 1
+        length = max(tiling.line_elements // (rows * axis.chains * channels), 1)
+        return _ChunkedPass(solve_h, rows, length, axis, channels, triton.cdiv(axis.length, length),
+                            triton.cdiv(other, rows))
+    block = min(max(tiling.pass_elements // line, 1), triton.next_power_of_2(other))
+    tile = _AxisTile(block, 1, 1)
+    blocks = triton.cdiv(other, block)
+    return _Pass(True, False, axis, tile, channels, blocks) if solve_h else _Pass(False, True, tile, axis,
+                                                                                  channels, blocks)
+
+
+def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_elements: int,
+          tiling: Tiling) -> list[_Pass | _ChunkedPass]:
     """One fused pass if the padded tile fits ``fused_elements``, else an H pass then a W pass."""
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
     fused = _Pass(True, True, axis_h, axis_w, channels, 1)
-    if fused.elements() <= fused_elements:
+    if fused.elements() <= tiling.fused_elements:
         return [fused]
-    line_h = axis_h.length * axis_h.chains * channels
-    line_w = axis_w.length * axis_w.chains * channels
-    cols = min(max(pass_elements // line_h, 1), triton.next_power_of_2(w))
-    rows = min(max(pass_elements // line_w, 1), triton.next_power_of_2(h))
-    return [_Pass(True, False, axis_h, _AxisTile(cols, 1, 1), channels, triton.cdiv(w, cols)),
-            _Pass(False, True, _AxisTile(rows, 1, 1), axis_w, channels, triton.cdiv(h, rows))]
+    return [_axis_pass(True, axis_h, w, channels, sector_elements, tiling),
+            _axis_pass(False, axis_w, h, channels, sector_elements, tiling)]
+
+
+def _plan_for(x: torch.Tensor, boundary: str, dilation: int, tiling: Tiling,
+              element_size: int | None = None) -> list[_Pass | _ChunkedPass]:
+    size = element_size or x.element_size()
+    return _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x, size),
+                 max(SECTOR_BYTES // size, 1), tiling)
 
 
 def _warps(elements: int, num_warps: int | None) -> int:
@@ -90,13 +147,34 @@ def _warps(elements: int, num_warps: int | None) -> int:
     return num_warps or min(max(triton.next_power_of_2(elements) // (32 * 8), 1), 16)
 
 
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _accumulator(x: torch.Tensor):
     return triton.language.float64 if x.dtype == torch.float64 else triton.language.float32
 
 
-def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int, step: _Pass):
+def keeps_state(x: torch.Tensor, boundary: str, dilation: int, tiling: Tiling = Tiling()) -> bool:
+    """Whether :func:`triton_ar_solve` solves ``x`` in two passes and returns a state."""
+    return len(_plan_for(x, boundary, dilation, tiling)) == 2
+
+
+def _line_strides(t: torch.Tensor, solve_h: bool) -> tuple[int, int, int, int]:
+    """``(batch, channel, row, line)`` strides of ``t`` for lines along H or along W."""
+    sb, sc, sh, sw = t.stride()
+    return (sb, sc, sw, sh) if solve_h else (sb, sc, sh, sw)
+
+
+def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
+            step: _Pass | _ChunkedPass):
+    """Grid, size arguments and constants of a launch of ``step`` on ``x``."""
     b, c, h, w = x.shape
-    args = (c, h, w, dilation, step.tile_h.n_chains, step.tile_w.n_chains)
+    if isinstance(step, _ChunkedPass):
+        rows, n = (w, h) if step.solve_h else (h, w)
+        args = (c, rows, n, dilation, step.chains.n_chains, step.chunks)
+    else:
+        args = (c, h, w, dilation, step.tile_h.n_chains, step.tile_w.n_chains)
     q = alpha.shape[1]
     consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=boundary == "circular", REPARAM=reparam,
                   ACC=_accumulator(x), **step.constants())
@@ -105,61 +183,84 @@ def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, 
 
 def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warps):
     grid, args, consts = _common(src, alpha, boundary, reparam, dilation, step)
-    kernels.forward_kernel[grid](src, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
-                                 num_warps=_warps(step.elements(), num_warps))
+    warps = _warps(step.elements(), num_warps)
+    if isinstance(step, _ChunkedPass):
+        acc = _accumulation_dtype(src)
+        work = dst if dst.dtype == acc else torch.empty_like(dst, dtype=acc)
+        chunk_kernels.chunked_forward_kernel[grid](
+            src, dst, work, alpha, *args, *_line_strides(src, step.solve_h), *_line_strides(dst, step.solve_h),
+            *_line_strides(work, step.solve_h), **consts, num_warps=warps)
+    else:
+        kernels.forward_kernel[grid](src, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
+                                     num_warps=warps)
 
 
-def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int, *,
-                    fused_elements: int = FUSED_ELEMENTS, pass_elements: int = PASS_ELEMENTS,
-                    num_warps: int | None = None) -> torch.Tensor:
-    """``Y = A^{-1} X`` for non-empty ``x`` ``[B, C, H, W]`` (any float dtype and strides; ``Y`` in
-    ``x``'s dtype and layout), ``alpha`` ``[C, Q, 4]`` (taps themselves if not ``reparam``)."""
+def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
+                    tiling: Tiling = Tiling()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(Y, state)``: ``Y = A^{-1} X`` for non-empty ``x`` ``[B, C, H, W]`` (any float dtype and
+    strides; ``Y`` in ``x``'s dtype and layout), ``alpha`` ``[C, Q, 4]`` (taps themselves if not
+    ``reparam``); ``state``: the H factors' output of a two-pass plan, else None."""
     out = torch.empty_like(x)
     alpha = alpha.detach().contiguous()
-    plan = _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x), fused_elements, pass_elements)
+    plan = _plan_for(x, boundary, dilation, tiling)
+    state = None
     with torch.cuda.device_of(x):
         if len(plan) == 1:
-            _launch_forward(x, out, alpha, boundary, reparam, dilation, plan[0], num_warps)
+            _launch_forward(x, out, alpha, boundary, reparam, dilation, plan[0], tiling.num_warps)
         else:
-            work = torch.empty_like(x, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-            _launch_forward(x, work, alpha, boundary, reparam, dilation, plan[0], num_warps)
-            _launch_forward(work, out, alpha, boundary, reparam, dilation, plan[1], num_warps)
-    return out
+            state = torch.empty_like(x, dtype=_accumulation_dtype(x))
+            _launch_forward(x, state, alpha, boundary, reparam, dilation, plan[0], tiling.num_warps)
+            _launch_forward(state, out, alpha, boundary, reparam, dilation, plan[1], tiling.num_warps)
+    return out, state
 
 
-def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, num_warps):
+def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, num_warps,
+                     src_solved=False):
     grid, args, consts = _common(src, alpha, boundary, reparam, dilation, step)
-    kernels.backward_kernel[grid](src, grad, dst, alpha, partial, *args, row0, partial.shape[1],
-                                  *src.stride(), *grad.stride(), *dst.stride(), **consts,
-                                  num_warps=_warps(step.elements(), num_warps))
+    warps = _warps(step.elements(), num_warps)
+    if isinstance(step, _ChunkedPass):
+        work_y, work_z, work_g = (torch.empty_like(src, dtype=partial.dtype) for _ in range(3))
+        chunk_kernels.chunked_backward_kernel[grid](
+            src, grad, dst, work_y, work_z, work_g, alpha, partial, *args, row0, partial.shape[1],
+            *(stride for t in (src, grad, dst, work_y) for stride in _line_strides(t, step.solve_h)),
+            **consts, SRC_SOLVED=src_solved, num_warps=warps)
+    else:
+        kernels.backward_kernel[grid](src, grad, dst, alpha, partial, *args, row0, partial.shape[1],
+                                      *src.stride(), *grad.stride(), *dst.stride(), **consts,
+                                      SRC_SOLVED=src_solved, num_warps=warps)
 
 
 def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, boundary: str,
-                             reparam: bool, dilation: int, *, fused_elements: int = FUSED_ELEMENTS,
-                             pass_elements: int = PASS_ELEMENTS,
-                             num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dX, dL/dalpha)`` from ``dL/dY`` and the saved input ``X`` (non-empty)."""
+                             reparam: bool, dilation: int, x_is_state: bool = False,
+                             tiling: Tiling = Tiling()) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dL/dX, dL/dalpha)`` from ``dL/dY`` and the saved input ``X`` (non-empty), or with
+    ``x_is_state`` the state that :func:`triton_ar_solve` returned with the same tiling."""
     b, c = x.shape[:2]
     q = alpha.shape[1]
     alpha = alpha.detach().contiguous()
-    grad_x = torch.empty_like(x)
+    grad_x = torch.empty_like(x, dtype=grad_y.dtype)
     grad_alpha = torch.empty_like(alpha)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    plan = _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x), fused_elements, pass_elements)
+    acc = _accumulation_dtype(x)
+    plan = _plan_for(x, boundary, dilation, tiling, grad_y.element_size())
+    if x_is_state and len(plan) == 1:
+        raise ValueError("x_is_state=True, but this map is solved in one pass, which keeps no state: pass X")
     rows = b * sum(step.blocks for step in plan)
     partial = torch.empty(c, rows, q * 4, dtype=acc, device=x.device)
+    warps = tiling.num_warps
     with torch.cuda.device_of(x):
         if len(plan) == 1:
-            _launch_backward(x, grad_y, grad_x, alpha, partial, 0, boundary, reparam, dilation, plan[0], num_warps)
+            _launch_backward(x, grad_y, grad_x, alpha, partial, 0, boundary, reparam, dilation, plan[0], warps)
         else:
             pass_h, pass_w = plan
-            state = torch.empty_like(x, dtype=acc)
-            _launch_forward(x, state, alpha, boundary, reparam, dilation, pass_h, num_warps)
+            state = x
+            if not x_is_state:
+                state = torch.empty_like(x, dtype=acc)
+                _launch_forward(x, state, alpha, boundary, reparam, dilation, pass_h, warps)
             grad_state = torch.empty_like(x, dtype=acc)
             _launch_backward(state, grad_y, grad_state, alpha, partial, 0, boundary, reparam, dilation, pass_w,
-                             num_warps)
-            _launch_backward(x, grad_state, grad_x, alpha, partial, b * pass_w.blocks, boundary, reparam,
-                             dilation, pass_h, num_warps)
+                             warps)
+            _launch_backward(state, grad_state, grad_x, alpha, partial, b * pass_w.blocks, boundary, reparam,
+                             dilation, pass_h, warps, src_solved=True)
         kernels.tap_gradient_kernel[(c,)](partial, alpha, grad_alpha, rows, Q=q, QP=triton.next_power_of_2(q),
                                           REPARAM=reparam, ACC=_accumulator(x),
                                           ROWS=min(triton.next_power_of_2(rows), 256))

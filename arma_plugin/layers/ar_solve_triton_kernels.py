@@ -36,12 +36,12 @@ INV_SQRT2 = tl.constexpr(0.7071067811865476)
 
 
 @triton.jit
-def _linear_combine(p1, s1, p2, s2):
+def linear_combine(p1, s1, p2, s2):
     return p1 * p2, s1 * p2 + s2
 
 
 @triton.jit
-def _power(base, e):
+def power(base, e):
     """``base**e`` for a scalar ``|base| < 1`` and integer ``e >= 0`` (tensor)."""
     magnitude = tl.exp2(e.to(base.dtype) * tl.log2(tl.abs(base)))
     magnitude = tl.where(e == 0, 1.0, magnitude)
@@ -81,7 +81,7 @@ def _rotate_pairs(v, QP: tl.constexpr, SECOND_MINUS_FIRST: tl.constexpr):
 
 
 @triton.jit
-def _channel_taps(alpha, c, c_inside, Q: tl.constexpr, QP: tl.constexpr, REPARAM: tl.constexpr,
+def channel_taps(alpha, c, c_inside, Q: tl.constexpr, QP: tl.constexpr, REPARAM: tl.constexpr,
                   acc_t: tl.constexpr):
     """All taps of channels ``c`` ``[CB]`` as ``[CB, QP·4]`` (``q·4 + (f_left, f_right, g_left,
     g_right)``), one load."""
@@ -93,14 +93,19 @@ def _channel_taps(alpha, c, c_inside, Q: tl.constexpr, QP: tl.constexpr, REPARAM
 
 
 @triton.jit
-def _tap(taps, k):
-    """Tap ``k`` of every channel of ``taps`` ``[CB, QP·4]``, shaped ``[1, 1, 1, 1, CB]`` for a tile."""
-    column = tl.sum(tl.where(tl.arange(0, taps.shape[1])[None, :] == k, taps, 0.0), 1)
-    return column[None, None, None, None, :]
+def tap(taps, k):
+    """Tap ``k`` of every channel of ``taps`` ``[CB, QP·4]``: ``[CB]``."""
+    return tl.sum(tl.where(tl.arange(0, taps.shape[1])[None, :] == k, taps, 0.0), 1)
 
 
 @triton.jit
-def _with_tap(taps, k, value):
+def _tile_tap(taps, k):
+    """Tap ``k`` shaped ``[1, 1, 1, 1, CB]`` for a tile."""
+    return tap(taps, k)[None, None, None, None, :]
+
+
+@triton.jit
+def with_tap(taps, k, value):
     """``taps`` ``[CB, QP·4]`` with column ``k`` replaced by ``value`` ``[CB]``."""
     return tl.where(tl.arange(0, taps.shape[1])[None, :] == k, value[:, None], taps)
 
@@ -112,18 +117,25 @@ def _channel_sum(t):
 
 
 @triton.jit
+def chain_positions(n, dilation, n_chains, j, r, CIRCULAR: tl.constexpr):
+    """``(position, chain length)`` of element ``0 <= j < m`` of chain ``r`` along an axis of ``n``."""
+    if CIRCULAR:
+        m = n // n_chains + 0 * r
+        pos = (r + j * dilation) % n
+    else:
+        m = (n - r + dilation - 1) // dilation
+        pos = r + j * dilation
+    return pos, m
+
+
+@triton.jit
 def _axis(n, dilation, n_chains, block0, SOLVED: tl.constexpr, CIRCULAR: tl.constexpr,
           L: tl.constexpr, CH: tl.constexpr):
     """``(position, inside, j, chain length)`` of one tile axis, each ``[L, CH]``."""
     j = tl.arange(0, L)[:, None]
     r = tl.arange(0, CH)[None, :]
     if SOLVED:
-        if CIRCULAR:
-            m = n // n_chains + 0 * r
-            pos = (r + j * dilation) % n
-        else:
-            m = (n - r + dilation - 1) // dilation
-            pos = r + j * dilation
+        pos, m = chain_positions(n, dilation, n_chains, j, r, CIRCULAR)
         inside = (r < n_chains) & (j < m)
     else:
         m = n + 0 * r
@@ -139,24 +151,24 @@ def _factor_solve(t, j, m, inside, left, right, AXIS: tl.constexpr, CIRCULAR: tl
     a = left / s
     b = right / s
     x = tl.where(inside, t / s, 0.0)
-    w = tl.associative_scan((tl.zeros_like(x) - b, x), AXIS, _linear_combine)[1]
+    w = tl.associative_scan((tl.zeros_like(x) - b, x), AXIS, linear_combine)[1]
     w = tl.where(inside, w, 0.0)
     if CIRCULAR:
         # causal cycle: u[j] = w[j] + (-b)^(j+1)·u[m-1], u[m-1] = w[m-1] / (1 - (-b)^m)
         w_last = tl.sum(tl.where(j == m - 1, w, 0.0), AXIS, keep_dims=True)
-        u = w + _power(-b, j + 1) * (w_last / (1.0 - _power(-b, m)))
+        u = w + power(-b, j + 1) * (w_last / (1.0 - power(-b, m)))
         u = tl.where(inside, u, 0.0)
-        v = tl.associative_scan((tl.zeros_like(u) - a, u), AXIS, _linear_combine, reverse=True)[1]
+        v = tl.associative_scan((tl.zeros_like(u) - a, u), AXIS, linear_combine, reverse=True)[1]
         # anti-causal cycle: y[j] = v[j] + (-a)^(m-j)·y[0], y[0] = v[0] / (1 - (-a)^m)
         v_first = tl.sum(tl.where(j == 0, v, 0.0), AXIS, keep_dims=True)
-        y = v + _power(-a, m - j) * (v_first / (1.0 - _power(-a, m)))
+        y = v + power(-a, m - j) * (v_first / (1.0 - power(-a, m)))
     else:
-        v = tl.associative_scan((tl.zeros_like(w) - a, w), AXIS, _linear_combine, reverse=True)[1]
+        v = tl.associative_scan((tl.zeros_like(w) - a, w), AXIS, linear_combine, reverse=True)[1]
         # rank-one term: y = v - a·b·y[0]·(-b)^j·σ(m-j), y[0] = v[0] / σ(m+1), σ(k) = Σ_{i<k} (ab)^i
         ab = a * b
         v_first = tl.sum(tl.where(j == 0, v, 0.0), AXIS, keep_dims=True)
-        y_first = v_first * (1.0 - ab) / (1.0 - _power(ab, m + 1))
-        y = v - ab * y_first * _power(-b, j) * ((1.0 - _power(ab, m - j)) / (1.0 - ab))
+        y_first = v_first * (1.0 - ab) / (1.0 - power(ab, m + 1))
+        y = v - ab * y_first * power(-b, j) * ((1.0 - power(ab, m - j)) / (1.0 - ab))
     return tl.where(inside, y, 0.0)
 
 
@@ -189,9 +201,9 @@ def _solve_factors(t, taps, j_h, m_h, j_w, m_w, inside, Q: tl.constexpr, SOLVE_H
     """The Q factors along the solved axes applied to the tile ``t``, factor 1 first."""
     for q in tl.static_range(Q):
         if SOLVE_H:
-            t = _factor_solve(t, j_h, m_h, inside, _tap(taps, 4 * q), _tap(taps, 4 * q + 1), 0, CIRCULAR)
+            t = _factor_solve(t, j_h, m_h, inside, _tile_tap(taps, 4 * q), _tile_tap(taps, 4 * q + 1), 0, CIRCULAR)
         if SOLVE_W:
-            t = _factor_solve(t, j_w, m_w, inside, _tap(taps, 4 * q + 2), _tap(taps, 4 * q + 3), 2, CIRCULAR)
+            t = _factor_solve(t, j_w, m_w, inside, _tile_tap(taps, 4 * q + 2), _tile_tap(taps, 4 * q + 3), 2, CIRCULAR)
     return t
 
 
@@ -233,7 +245,7 @@ def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
     """``dst = `` the Q factors along the solved axes applied to ``src``: one read, one write."""
     b, c, c_inside, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w,
                                                                    SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW, CB)
-    taps = _channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     t = tl.load(src + _offsets(b, c, pos_h, pos_w, src_sb, src_sc, src_sh, src_sw), mask=mask, other=0.0).to(ACC)
     t = _solve_factors(t, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
     tl.store(dst + _offsets(b, c, pos_h, pos_w, dst_sb, dst_sc, dst_sh, dst_sw), t.to(dst.dtype.element_ty),
@@ -247,29 +259,31 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
                     dst_sb, dst_sc, dst_sh, dst_sw,
                     Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
                     CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
-                    LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
-    """Thm 4 for the solved axes: ``src`` is the input of their factors, ``grad`` the gradient
-    of their output, ``dst`` receives the gradient of their input. The program's tap
+                    LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr, SRC_SOLVED: tl.constexpr):
+    """Thm 4 for the solved axes: ``src`` is the input of their factors (their output if
+    ``SRC_SOLVED``), ``grad`` the gradient of their output, ``dst`` receives the gradient of
+    their input. The program's tap
     gradients go to row ``row0 + b·rows_per_batch + block`` of ``partial`` ``[C, rows, Q·4]``,
     one row per channel (taps of an axis it does not solve: 0)."""
     b, c, c_inside, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w,
                                                                    SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW, CB)
-    taps = _channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     y = tl.load(src + _offsets(b, c, pos_h, pos_w, src_sb, src_sc, src_sh, src_sw), mask=mask, other=0.0).to(ACC)
-    y = _solve_factors(y, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
+    if not SRC_SOLVED:
+        y = _solve_factors(y, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
     g = tl.load(grad + _offsets(b, c, pos_h, pos_w, grad_sb, grad_sc, grad_sh, grad_sw), mask=mask,
                 other=0.0).to(ACC)
     grads = tl.zeros([CB, QP * 4], ACC)  # d taps, in the taps' layout; 0 for an axis not solved here
     for k in tl.static_range(Q):
         q = Q - 1 - k
         if SOLVE_W:
-            g, grad_left, grad_right, y = _factor_backward(y, g, j_w, m_w, mask, _tap(taps, 4 * q + 2),
-                                                           _tap(taps, 4 * q + 3), 2, CIRCULAR)
-            grads = _with_tap(_with_tap(grads, 4 * q + 2, grad_left), 4 * q + 3, grad_right)
+            g, grad_left, grad_right, y = _factor_backward(y, g, j_w, m_w, mask, _tile_tap(taps, 4 * q + 2),
+                                                           _tile_tap(taps, 4 * q + 3), 2, CIRCULAR)
+            grads = with_tap(with_tap(grads, 4 * q + 2, grad_left), 4 * q + 3, grad_right)
         if SOLVE_H:
-            g, grad_left, grad_right, y = _factor_backward(y, g, j_h, m_h, mask, _tap(taps, 4 * q),
-                                                           _tap(taps, 4 * q + 1), 0, CIRCULAR)
-            grads = _with_tap(_with_tap(grads, 4 * q, grad_left), 4 * q + 1, grad_right)
+            g, grad_left, grad_right, y = _factor_backward(y, g, j_h, m_h, mask, _tile_tap(taps, 4 * q),
+                                                           _tile_tap(taps, 4 * q + 1), 0, CIRCULAR)
+            grads = with_tap(with_tap(grads, 4 * q, grad_left), 4 * q + 1, grad_right)
     cols = tl.arange(0, QP * 4)[None, :]
     row = c[:, None].to(tl.int64) * rows + row0 + b * tl.num_programs(1) + tl.program_id(1)
     tl.store(partial + row * (4 * Q) + cols, grads, mask=(cols < 4 * Q) & c_inside[:, None])

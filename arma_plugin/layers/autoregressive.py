@@ -96,7 +96,7 @@ def _solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, d
            solver: str) -> torch.Tensor:
     """The custom op, which keeps ``x``'s dtype and memory layout (TorchScript compiles this and
     :meth:`AutoRegressive2d.forward`'s scripted branch)."""
-    return torch.ops.arma_plugin.ar_solve(x, alpha, boundary, reparam, dilation, solver)
+    return torch.ops.arma_plugin.ar_solve(x, alpha, boundary, reparam, dilation, solver)[0]
 
 
 def _scripted_backend(x: torch.Tensor, taps: torch.Tensor, known_stable: bool, numba_installed: bool,
