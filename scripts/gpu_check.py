@@ -239,7 +239,7 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
     alpha = 0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)
 
     def run(fused: int, per_pass: int, line: int, warps: int | None) -> list[torch.Tensor]:
-        tiling = Tiling(fused, per_pass, line, warps)
+        tiling = Tiling(fused, per_pass, line, min(line, Tiling().chunk_elements), warps)
         y, state = triton_ar_solve(x, alpha, "circular", True, 1, tiling)
         saved = x if state is None else state
         return [y, *triton_ar_solve_backward(grad, saved, alpha, "circular", True, 1, state is not None, tiling)]

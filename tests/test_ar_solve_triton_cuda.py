@@ -49,7 +49,8 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
     acc = tl.float64 if data == "fp64" else tl.float32
     work = "fp64" if data == "fp64" else "fp32"
     sector = {"fp64": 4, "fp32": 8, "bf16": 16}[data]
-    plan = host._plan(h, w, dilation, circular, channels, sector, host.Tiling(fused, per_pass, line))
+    plan = host._plan(h, w, dilation, circular, channels, sector,
+                      host.Tiling(fused, per_pass, line, min(line, host.Tiling().chunk_elements)))
     for step in plan:
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
                       **step.constants())

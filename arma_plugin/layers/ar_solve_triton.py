@@ -36,26 +36,32 @@ SECTOR_BYTES = 32
 class Tiling:
     """The plan's knobs: a padded tile of at most ``fused_elements`` is solved by one program
     along both axes; larger maps take one pass per axis with tiles of about ``pass_elements``;
-    a line (times the channels per program) longer than ``line_elements`` is walked in chunks;
-    ``num_warps`` per program (default: from the tile's size)."""
+    a line (times the channels per program) longer than ``line_elements`` is walked in chunks,
+    tiles of ``chunk_elements``; ``num_warps`` per program (default: from the tile's size).
+    The chunked kernels keep more values per element than the others (the carries, the
+    boundary sums, three neighbour loads): compiled for sm_90, a 2048-element chunk fits in
+    registers at 8 warps, a 4096-element one spills."""
     fused_elements: int = 16384
     pass_elements: int = 4096
     line_elements: int = 4096
+    chunk_elements: int = 2048
     num_warps: int | None = None
 
 
 @dataclass(frozen=True)
 class _AxisTile:
-    """One axis of a tile: ``(length, chains)`` when solved, ``(block, 1)`` otherwise."""
+    """One axis of a tile: ``(length, chains)`` when solved (``longest``: the longest chain,
+    ``length`` padded to a power of two), ``(block, 1)`` otherwise."""
     length: int
     chains: int
     n_chains: int
+    longest: int = 0
 
 
 def _solved_axis(n: int, dilation: int, circular: bool) -> _AxisTile:
     n_chains = math.gcd(n, dilation) if circular else min(n, dilation)
     longest = n // n_chains if circular else -(-n // dilation)
-    return _AxisTile(triton.next_power_of_2(longest), triton.next_power_of_2(n_chains), n_chains)
+    return _AxisTile(triton.next_power_of_2(longest), triton.next_power_of_2(n_chains), n_chains, longest)
 
 
 @dataclass(frozen=True)
@@ -114,8 +120,8 @@ def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector
     line = axis.length * axis.chains * channels
     if line > tiling.line_elements:
         rows = sector_elements if solve_h and channels == 1 else 1
-        length = max(tiling.line_elements // (rows * axis.chains * channels), 1)
-        return _ChunkedPass(solve_h, rows, length, axis, channels, triton.cdiv(axis.length, length),
+        length = max(tiling.chunk_elements // (rows * axis.chains * channels), 1)
+        return _ChunkedPass(solve_h, rows, length, axis, channels, triton.cdiv(axis.longest, length),
                             triton.cdiv(other, rows))
     block = min(max(tiling.pass_elements // line, 1), triton.next_power_of_2(other))
     tile = _AxisTile(block, 1, 1)
