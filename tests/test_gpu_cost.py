@@ -83,3 +83,14 @@ def test_the_counter_sees_strided_sweeps():
     # load: 64 lanes, 64 sectors (4 of 32 bytes used); store: 64 contiguous floats, 8 sectors
     assert row["sector_efficiency"] == pytest.approx((64 * 4 + 64 * 4) / ((64 + 8) * 32))
     assert row["ldst_per_program"] == 2
+
+
+def test_two_pass_maps_start_the_backward_from_the_forward_state():
+    """8 channels_last float32 channels of 33² are more than one program holds: two passes,
+    one per axis. The backward starts from the forward's first-pass output: 5 launches and
+    10 T (4 forward, 6 backward) plus the tap-gradient partial sums, where recomputing that
+    state would take 6 launches and 12 T."""
+    row = gpu_cost.layer_cost("new", (1, 8, 33, 33), torch.float32, "channels_last", "zeros", 1, 1)
+    assert row["launches"] == 5 and row["torch_ops"] == []
+    assert 10 <= row["traffic_T"] <= 10.2  # the partial sums: 2·B·C·(programs per channel)·4 floats
+    assert row["sector_efficiency"] >= 0.75 and row["ldst_per_program"] <= 32
