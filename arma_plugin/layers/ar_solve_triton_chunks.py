@@ -137,6 +137,28 @@ def _chunked_factor(src, src_sb, src_sc, src_sr, src_sl, dst, dst_sb, dst_sc, ds
                  mask=mask)
 
 
+@triton.jit
+def _chunked_factors(src, src_sb, src_sc, src_sr, src_sl, dst, dst_sb, dst_sc, dst_sr, dst_sl,
+                     work, work_sb, work_sc, work_sr, work_sl, taps, b, c, valid, rows, n, dilation, n_chains,
+                     chunks, Q: tl.constexpr, TAP0: tl.constexpr, CIRCULAR: tl.constexpr, ACC: tl.constexpr,
+                     R: tl.constexpr, L: tl.constexpr, CH: tl.constexpr, CB: tl.constexpr):
+    """``dst = `` the Q factors of one axis (taps ``4q + TAP0``, ``4q + TAP0 + 1``) applied along
+    the lines of ``src``, factor 1 first, through ``work`` (which may be ``dst``)."""
+    for q in tl.static_range(Q):
+        if q == 0:
+            source, s_sb, s_sc, s_sr, s_sl = src, src_sb, src_sc, src_sr, src_sl
+        else:
+            source, s_sb, s_sc, s_sr, s_sl = work, work_sb, work_sc, work_sr, work_sl
+        if q == Q - 1:
+            target, t_sb, t_sc, t_sr, t_sl = dst, dst_sb, dst_sc, dst_sr, dst_sl
+        else:
+            target, t_sb, t_sc, t_sr, t_sl = work, work_sb, work_sc, work_sr, work_sl
+        _chunked_factor(source, s_sb, s_sc, s_sr, s_sl, target, t_sb, t_sc, t_sr, t_sl,
+                        work, work_sb, work_sc, work_sr, work_sl, _line_tap(taps, 4 * q + TAP0),
+                        _line_tap(taps, 4 * q + TAP0 + 1), b, c, valid, rows, n, dilation, n_chains, chunks,
+                        CIRCULAR, ACC, R, L, CH, CB)
+
+
 _SIZES = ["C", "n_rows", "n", "dilation", "n_chains", "chunks"]
 _STRIDES = ["sb", "sc", "sr", "sl"]
 
@@ -148,25 +170,14 @@ def chunked_forward_kernel(src, dst, work, alpha, C, n_rows, n, dilation, n_chai
                            Q: tl.constexpr, QP: tl.constexpr, TAP0: tl.constexpr, CIRCULAR: tl.constexpr,
                            REPARAM: tl.constexpr, ACC: tl.constexpr, R: tl.constexpr, L: tl.constexpr,
                            CH: tl.constexpr, CB: tl.constexpr):
-    """``dst = `` the Q factors of one axis (taps ``4q + TAP0``, ``4q + TAP0 + 1``) applied along
-    the lines of ``src``, through the float32 (float64) ``work`` buffer (which may be ``dst``)."""
+    """``dst = `` the Q factors of one axis applied along the lines of ``src``, through the
+    float32 (float64) ``work`` buffer (which may be ``dst``)."""
     b, c, c_inside, rows, rows_inside = _program(C, n_rows, R, CB)
     valid = rows_inside & c_inside[None, None, None, :]
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
-    for q in tl.static_range(Q):
-        left = _line_tap(taps, 4 * q + TAP0)
-        right = _line_tap(taps, 4 * q + TAP0 + 1)
-        if q == 0:
-            source, s_sb, s_sc, s_sr, s_sl = src, src_sb, src_sc, src_sr, src_sl
-        else:
-            source, s_sb, s_sc, s_sr, s_sl = work, work_sb, work_sc, work_sr, work_sl
-        if q == Q - 1:
-            target, t_sb, t_sc, t_sr, t_sl = dst, dst_sb, dst_sc, dst_sr, dst_sl
-        else:
-            target, t_sb, t_sc, t_sr, t_sl = work, work_sb, work_sc, work_sr, work_sl
-        _chunked_factor(source, s_sb, s_sc, s_sr, s_sl, target, t_sb, t_sc, t_sr, t_sl,
-                        work, work_sb, work_sc, work_sr, work_sl, left, right, b, c, valid, rows,
-                        n, dilation, n_chains, chunks, CIRCULAR, ACC, R, L, CH, CB)
+    _chunked_factors(src, src_sb, src_sc, src_sr, src_sl, dst, dst_sb, dst_sc, dst_sr, dst_sl,
+                     work, work_sb, work_sc, work_sr, work_sl, taps, b, c, valid, rows, n, dilation, n_chains,
+                     chunks, Q, TAP0, CIRCULAR, ACC, R, L, CH, CB)
 
 
 @triton.jit(do_not_specialize=_SIZES + ["row0", "rows_per_channel"]
@@ -187,15 +198,9 @@ def chunked_backward_kernel(src, grad, dst, work_y, work_z, work_g, alpha, parti
     valid = rows_inside & c_inside[None, None, None, :]
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     if not SRC_SOLVED:
-        for q in tl.static_range(Q):
-            if q == 0:
-                source, s_sb, s_sc, s_sr, s_sl = src, src_sb, src_sc, src_sr, src_sl
-            else:
-                source, s_sb, s_sc, s_sr, s_sl = work_y, work_sb, work_sc, work_sr, work_sl
-            _chunked_factor(source, s_sb, s_sc, s_sr, s_sl, work_y, work_sb, work_sc, work_sr, work_sl,
-                            work_y, work_sb, work_sc, work_sr, work_sl, _line_tap(taps, 4 * q + TAP0),
-                            _line_tap(taps, 4 * q + TAP0 + 1), b, c, valid, rows, n, dilation, n_chains, chunks,
-                            CIRCULAR, ACC, R, L, CH, CB)
+        _chunked_factors(src, src_sb, src_sc, src_sr, src_sl, work_y, work_sb, work_sc, work_sr, work_sl,
+                         work_y, work_sb, work_sc, work_sr, work_sl, taps, b, c, valid, rows, n, dilation, n_chains,
+                         chunks, Q, TAP0, CIRCULAR, ACC, R, L, CH, CB)
     grads = tl.zeros([CB, QP * 4], ACC)
     for step in tl.static_range(Q):
         q = Q - 1 - step
