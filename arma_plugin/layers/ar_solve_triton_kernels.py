@@ -189,10 +189,11 @@ def _factor_backward(y, g, j, m, inside, left, right, AXIS: tl.constexpr, CIRCUL
     factor's input ``A·y``: ``(g', d left, d right, input)``."""
     g = _factor_solve(g, j, m, inside, right, left, AXIS, CIRCULAR)
     y_next = _neighbour(y, j, m, 1, AXIS, CIRCULAR)
-    y_prev = _neighbour(y, j, m, -1, AXIS, CIRCULAR)
     grad_left = -_channel_sum(g * y_next)
+    factor_input = y + left * y_next
+    y_prev = _neighbour(y, j, m, -1, AXIS, CIRCULAR)
     grad_right = -_channel_sum(g * y_prev)
-    return g, grad_left, grad_right, tl.where(inside, y + right * y_prev + left * y_next, 0.0)
+    return g, grad_left, grad_right, tl.where(inside, factor_input + right * y_prev, 0.0)
 
 
 @triton.jit
