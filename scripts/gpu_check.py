@@ -85,11 +85,11 @@ class Setup:
                                                     (2, 4100))
         self.check_batch, self.check_channels = (1, 2) if smoke else (2, 3)
         self.layout_shape = (1, 2, 4, 5) if smoke else (2, 8, 12, 10)
-        # (largest tile solved by one program, elements per program of a pass, longest line per
-        # program before chunks, warps; None: default)
-        self.variants = [(16384, 4096, 4096, None), (8, 4, 2, None)] if smoke else [
-            (16384, 4096, 4096, None), (16384, 4096, 4096, 8), (16384, 4096, 4096, 32), (8192, 4096, 4096, None),
-            (8192, 2048, 2048, 8), (4096, 4096, 4096, None), (4096, 4096, 64, None)]
+        # (largest tile solved by one program, elements per program of a pass, longest line
+        # (positions) held whole, warps; None: default)
+        self.variants = [(16384, 4096, 1024, None), (8, 4, 2, None)] if smoke else [
+            (16384, 4096, 1024, None), (16384, 4096, 1024, 8), (16384, 4096, 1024, 32), (8192, 4096, 1024, None),
+            (8192, 2048, 1024, 8), (4096, 4096, 1024, None), (4096, 4096, 64, None)]
         self.variant_shape = (1, 1, 3, 4) if smoke else (8, 64, 128, 128)
         # (B, C, H, W, memory format)
         self.layer_shapes = ((2, 16, 32, 32, "channels_last"),) if smoke else (
@@ -239,7 +239,8 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
     alpha = 0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)
 
     def run(fused: int, per_pass: int, line: int, warps: int | None) -> list[torch.Tensor]:
-        tiling = Tiling(fused, per_pass, line, min(line, Tiling().chunk_elements), warps)
+        tiling = Tiling(fused_elements=fused, pass_elements=per_pass, line_positions=line,
+                        chunk_elements=min(line, Tiling().chunk_elements), num_warps=warps)
         y, state = triton_ar_solve(x, alpha, "circular", True, 1, tiling)
         saved = x if state is None else state
         return [y, *triton_ar_solve_backward(grad, saved, alpha, "circular", True, 1, state is not None, tiling)]
@@ -252,9 +253,9 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
         same = max(rel_err(a, b) for a, b in zip(run(*variant), default)) < 1e-6
         ms = median_ms(lambda: run(*variant), setup.device, setup.repeats, setup.warmup)
         rows.append([*variant, ms, "ok" if same else "MISMATCH (excluded)"])
-    print(format_table(["fused elements", "pass elements", "line elements", "warps", "ms", "vs default"], rows,
+    print(format_table(["fused elements", "pass elements", "line positions", "warps", "ms", "vs default"], rows,
                        float_format=".3f"))
-    header = ["fused_elements", "pass_elements", "line_elements", "num_warps", "ms", "status"]
+    header = ["fused_elements", "pass_elements", "line_positions", "num_warps", "ms", "status"]
     results["variants"] = [dict(zip(header, r)) for r in rows]
     return all(r[-1] == "ok" for r in rows)
 

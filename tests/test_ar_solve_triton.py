@@ -58,8 +58,8 @@ def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements
     backend's functions with that plan (``pass_elements=16``: several programs per plane); a
     two-pass plan's backward from the forward's state equals its backward from X."""
     if fused_elements is not None:
-        tiling = ar_solve_triton.Tiling(fused_elements=fused_elements, pass_elements=16, line_elements=line_elements,
-                                        chunk_elements=line_elements)
+        tiling = ar_solve_triton.Tiling(fused_elements=fused_elements, pass_elements=16, line_positions=line_elements,
+                                        line_elements=line_elements, chunk_elements=line_elements)
         y, state = ar_solve_triton.triton_ar_solve(x, alpha, boundary, reparam, dilation, tiling)
         grads = ar_solve_triton.triton_ar_solve_backward(grad_out, x, alpha, boundary, reparam, dilation,
                                                          tiling=tiling)

@@ -49,8 +49,9 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
     acc = tl.float64 if data == "fp64" else tl.float32
     work = "fp64" if data == "fp64" else "fp32"
     sector = {"fp64": 4, "fp32": 8, "bf16": 16}[data]
+    lines = {} if line is None else dict(line_positions=line, line_elements=line, chunk_elements=line)
     plan = host._plan(h, w, dilation, circular, channels, sector,
-                      host.Tiling(fused, per_pass, line, min(line, host.Tiling().chunk_elements)))
+                      host.Tiling(fused_elements=fused, pass_elements=per_pass, **lines))
     for step in plan:
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
                       **step.constants())
@@ -85,11 +86,11 @@ def _compile_for_cuda(variants) -> list:
 
 
 # (H, W, dilation, circular, data type, Q, reparam, channels per program, fused elements,
-# elements per pass, line elements)
-SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 1, 16384, 4096, 4096),
-                  (7, 7, 1, True, "fp32", 1, True, 8, 16384, 4096, 4096),
+# elements per pass, longest line before chunks (None: the default Tiling's))
+SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 1, 16384, 4096, None),
+                  (7, 7, 1, True, "fp32", 1, True, 8, 16384, 4096, None),
                   (24, 40, 2, False, "fp32", 2, True, 1, 256, 64, 16),
-                  (24, 40, 1, True, "fp32", 3, True, 1, 256, 64, 4096)]
+                  (24, 40, 1, True, "fp32", 3, True, 1, 256, 64, None)]
 
 
 @pytest.mark.parametrize("variant", [SMALL_VARIANTS[0], SMALL_VARIANTS[1], SMALL_VARIANTS[2],
@@ -111,14 +112,14 @@ def test_kernels_compile_for_a_cuda_target_without_spills(variant):
 # (2 × 64 KiB of float32) and the scans' temporaries: more than an SM's 256 KiB register file
 # holds at once, so it spills to local memory; such variants are reported as expected failures
 # with their resource usage, not hidden.
-FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, 16384, 4096, 4096),
-                 (128, 128, 1, False, "bf16", 1, True, 1, 16384, 4096, 4096),
-                 (128, 128, 1, True, "fp32", 1, True, 8, 16384, 4096, 4096),
-                 (128, 128, 1, False, "bf16", 1, True, 16, 16384, 4096, 4096),
-                 (64, 64, 2, True, "fp32", 2, True, 1, 16384, 4096, 4096),
-                 (64, 64, 1, False, "fp64", 3, False, 1, 16384, 4096, 4096),
-                 (3, 2048, 1, False, "fp32", 1, True, 1, 4096, 4096, 4096),
-                 (3, 8192, 1, True, "bf16", 1, True, 1, 4096, 4096, 4096)]
+FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, 16384, 4096, None),
+                 (128, 128, 1, False, "bf16", 1, True, 1, 16384, 4096, None),
+                 (128, 128, 1, True, "fp32", 1, True, 8, 16384, 4096, None),
+                 (128, 128, 1, False, "bf16", 1, True, 16, 16384, 4096, None),
+                 (64, 64, 2, True, "fp32", 2, True, 1, 16384, 4096, None),
+                 (64, 64, 1, False, "fp64", 3, False, 1, 16384, 4096, None),
+                 (3, 2048, 1, False, "fp32", 1, True, 1, 16384, 4096, None),
+                 (3, 8192, 1, True, "bf16", 1, True, 1, 16384, 4096, None)]
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ default 16 384) are solved by one program along both axes and all Q factors: the
 reads ``X`` once and writes ``Y`` once, the backward reads ``X`` and ``dY`` once and writes
 ``dX`` once. Larger tiles take one pass per axis through a float32 (float64) buffer in the
 input's layout, each program holding whole lines: ``[H, columns]`` for the H factors,
-``[rows, W]`` for the W factors, about ``pass_elements`` elements each, or, for lines (times
-the channels per program) longer than ``line_elements``, a few lines walked in chunks with a
-carried state (``ar_solve_triton_chunks``); that buffer (the H
+``[rows, W]`` for the W factors, about ``pass_elements`` elements each, or, for long lines
+(:class:`Tiling`), a few lines walked in chunks with a carried state
+(``ar_solve_triton_chunks``); that buffer (the H
 factors' output) is the forward's state, which the backward takes in place of ``X``: its
 W pass re-solves ``Y`` from it and its H pass walks the H factors back from it (4 T forward,
 6 T backward in float32, instead of re-solving it from ``X`` first: +2 T).
@@ -36,16 +36,24 @@ SECTOR_BYTES = 32
 class Tiling:
     """The plan's knobs: a padded tile of at most ``fused_elements`` is solved by one program
     along both axes; larger maps take one pass per axis with tiles of about ``pass_elements``;
-    a line (times the channels per program) longer than ``line_elements`` is walked in chunks,
-    tiles of ``chunk_elements``; ``num_warps`` per program (default: from the tile's size).
-    The chunked kernels keep more values per element than the others (the carries, the
-    boundary sums, three neighbour loads): compiled for sm_90, a 2048-element chunk fits in
-    registers at 8 warps, a 4096-element one spills."""
+    a line longer than ``line_positions`` (padded, all chains), or than ``line_elements`` with
+    the channels of a program, is walked in chunks, tiles of ``chunk_elements``;
+    ``num_warps`` per program (default: about 16 elements of a tile per thread, 1 to 16).
+
+    Measured by compiling for sm_90 (docs/benchmarks.md): the backward of a whole line of
+    2048 positions spills to local memory at any warp count, lines up to 1024 positions and
+    1024-element chunks do not."""
     fused_elements: int = 16384
     pass_elements: int = 4096
+    line_positions: int = 1024
     line_elements: int = 4096
-    chunk_elements: int = 2048
+    chunk_elements: int = 1024
     num_warps: int | None = None
+
+    def whole(self, axis: "_AxisTile", channels: int) -> bool:
+        """Whether a pass holds whole lines of ``axis``."""
+        positions = axis.length * axis.chains
+        return positions <= self.line_positions and positions * channels <= self.line_elements
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,7 @@ def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector
     """The pass that solves one axis: whole lines, or lines in chunks when they are too long.
     Rows per program: a sector's worth when they are the contiguous axis (W of an NCHW H pass)."""
     line = axis.length * axis.chains * channels
-    if line > tiling.line_elements:
+    if not tiling.whole(axis, channels):
         rows = sector_elements if solve_h and channels == 1 else 1
         length = max(tiling.chunk_elements // (rows * axis.chains * channels), 1)
         return _ChunkedPass(solve_h, rows, length, axis, channels, triton.cdiv(axis.longest, length),
@@ -132,10 +140,11 @@ def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector
 
 def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_elements: int,
           tiling: Tiling) -> list[_Pass | _ChunkedPass]:
-    """One fused pass if the padded tile fits ``fused_elements``, else an H pass then a W pass."""
+    """One fused pass if the padded tile fits ``fused_elements`` and both axes' lines are short
+    enough to be held whole, else an H pass then a W pass."""
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
     fused = _Pass(True, True, axis_h, axis_w, channels, 1)
-    if fused.elements() <= tiling.fused_elements:
+    if fused.elements() <= tiling.fused_elements and all(tiling.whole(axis, 1) for axis in (axis_h, axis_w)):
         return [fused]
     return [_axis_pass(True, axis_h, w, channels, sector_elements, tiling),
             _axis_pass(False, axis_w, h, channels, sector_elements, tiling)]
@@ -149,8 +158,10 @@ def _plan_for(x: torch.Tensor, boundary: str, dilation: int, tiling: Tiling,
 
 
 def _warps(elements: int, num_warps: int | None) -> int:
-    """Default: about 8 elements of a tile per thread (the backward holds several tiles), 1 to 16 warps."""
-    return num_warps or min(max(triton.next_power_of_2(elements) // (32 * 8), 1), 16)
+    """Default: about 16 elements of a tile per thread, 1 to 16 warps (fewer threads may hold
+    more registers each: on sm_90 a 4096-element tile of 1024-position lines spills at 16
+    warps and fits at 8)."""
+    return num_warps or min(max(triton.next_power_of_2(elements) // (32 * 16), 1), 16)
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
