@@ -322,20 +322,26 @@ def test_inplace_op_on_output_keeps_gradients_right(boundary):
     assert rel_err(x.grad, x_ref.grad) < 1e-11 and rel_err(alpha.grad, alpha_ref.grad) < 1e-11
 
 
-def test_compile_fullgraph_with_fake_tensors(monkeypatch):
+@pytest.mark.parametrize("shape", [(1, 3, 3, 4), pytest.param((1, 8, 33, 40), marks=pytest.mark.slow)],
+                         ids=["one-program", "two-pass-state"])
+def test_compile_fullgraph_with_fake_tensors(monkeypatch, shape):
     """The custom op is opaque to torch.compile; its fake (meta) functions must give the real
-    outputs' dtype and layout, also for channels_last bfloat16 (aot_eager traces both passes)."""
+    outputs' dtype and layout, also for channels_last bfloat16 (aot_eager traces both passes),
+    and the state that a map in two passes returns and its backward takes."""
     monkeypatch.setenv("ARMA_PLUGIN_BACKEND", "triton")
-    layer = AutoRegressive2d(3, boundary="zeros")
+    layer = AutoRegressive2d(shape[1], boundary="zeros")
     with torch.no_grad():
         layer.alpha.normal_()
-    x = torch.randn(1, 3, 3, 4).to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(*shape).to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     y = compiled(x)
     y_eager = layer(x)
     assert torch.equal(y, y_eager) and y.stride() == y_eager.stride() and y.dtype == torch.bfloat16
     y.float().sum().backward()
-    assert x.grad.dtype == torch.bfloat16 and layer.alpha.grad is not None
+    grads = x.grad.clone(), layer.alpha.grad.clone()
+    x.grad = layer.alpha.grad = None
+    y_eager.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, grads[0]) and torch.equal(layer.alpha.grad, grads[1])
 
 
 def test_gpu_check_smoke_run(tmp_path):
