@@ -6,9 +6,9 @@ so that a killed run keeps what it measured):
 1. device name, torch / triton / CUDA versions;
 2. correctness on the device of every backend that runs there (``torch``, ``triton``) against
    the dense float64 reference on CPU: values, dX, dalpha; Q = 1, 2, 3, dilation 1, 2, maps
-   from 1×1 to 3×2048 (the two-pass plan) and 2×4100 (lines in chunks), the two boundaries
-   interleaved case by case;
-   float64, float32 and bfloat16; then channels_last + bf16 autocast,
+   from 1×1 to 130×67 (the two-pass plan), 3×2048 and 2×4100 (lines in chunks), the two
+   boundaries interleaved case by case; float64, float32 and bfloat16; then channels_last +
+   bf16 autocast,
    ``torch.compile(fullgraph=True)`` and CUDA graphs (each behind the budget guard);
 3. the triton plan variants (fused-tile limit × elements per pass × line length before chunks ×
    warps), the most promising first, at 8×64×128², fwd+bwd, each checked against the
