@@ -53,12 +53,14 @@ def _reference(x, alpha, grad_out, boundary, dilation, reparam=True):
     return y.detach(), gx, torch.zeros_like(alpha_ref) if ga is None else ga  # 1×1 zeros: A = I
 
 
-def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements=FUSED, line_elements=4096):
+def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements=FUSED, line_elements=4096,
+            pass_elements=16):
     """``(y, dx, dalpha)`` through the layer's function, or with ``fused_elements`` through the
-    backend's functions with that plan (``pass_elements=16``: several programs per plane); a
-    two-pass plan's backward from the forward's state equals its backward from X."""
+    backend's functions with that plan (``pass_elements``, 16 by default: several programs per
+    plane); a two-pass plan's backward from the forward's state equals its backward from X."""
     if fused_elements is not None:
-        tiling = ar_solve_triton.Tiling(fused_elements=fused_elements, pass_elements=16, line_positions=line_elements,
+        tiling = ar_solve_triton.Tiling(fused_elements=fused_elements, pass_elements=pass_elements,
+                                        line_positions=line_elements,
                                         line_elements=line_elements, chunk_elements=line_elements)
         y, state = ar_solve_triton.triton_ar_solve(x, alpha, boundary, reparam, dilation, tiling)
         grads = ar_solve_triton.triton_ar_solve_backward(grad_out, x, alpha, boundary, reparam, dilation,
@@ -76,14 +78,15 @@ def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements
 
 
 def _check_against_reference(boundary, q, dilation, size, fused_elements, dtype, scale, line_elements=4096,
-                             memory_format=torch.contiguous_format):
+                             memory_format=torch.contiguous_format, pass_elements=16):
     h, w = size
     gen = torch.Generator().manual_seed(1000 * q + 10 * dilation + h)
     alpha = scale * torch.randn(2, q, 4, generator=gen, dtype=torch.float64)
     x = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
     grad_out = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
     y, gx, ga = _triton(x.to(dtype, memory_format=memory_format), alpha.to(dtype), grad_out.to(dtype), boundary,
-                        dilation, fused_elements=fused_elements, line_elements=line_elements)
+                        dilation, fused_elements=fused_elements, line_elements=line_elements,
+                        pass_elements=pass_elements)
     y_ref, gx_ref, ga_ref = _reference(x, alpha, grad_out, boundary, dilation)
     # Backward-stable solves: relative error ≲ c·eps·cond(A); c = 1e3 covers the O(n) growth
     # of the reference's own LU error at n ≤ 40, the gradient's second solve and the tap
@@ -125,8 +128,10 @@ def test_float64_sweep(boundary, case):
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_lines_longer_than_a_fused_plane(boundary, size, line_elements):
     """2048-long lines: the two-pass plan, whole lines per program, or in chunks of 128 positions
-    of each of the two chains (float64, Q = 2, d = 2)."""
-    _check_against_reference(boundary, 2, 2, size, 4096, torch.float64, 1.0, line_elements)
+    of each of the two chains (float64, Q = 2, d = 2; the default 4096 elements per pass, as
+    16 would take thousands of programs in the interpreter)."""
+    _check_against_reference(boundary, 2, 2, size, 4096, torch.float64, 1.0, line_elements,
+                             pass_elements=4096)
 
 
 # (Q, dilation, H×W, memory format): lines walked in chunks of 8 elements (line_elements=8):
