@@ -26,7 +26,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .ar_solve_triton_kernels import channel_taps, chain_positions, linear_combine, power, tap, with_tap
+from .ar_solve_triton_kernels import (causal_cycle_end, chain_positions, channel_taps, exact_first, exact_from_open,
+                                      linear_combine, power, tap, with_tap)
 
 
 @triton.jit
@@ -109,12 +110,10 @@ def _chunked_factor(src, src_sb, src_sc, src_sr, src_sl, dst, dst_sb, dst_sc, ds
         tl.store(work + _offsets(b, c, rows, pos, work_sb, work_sc, work_sr, work_sl), w, mask=mask)
     m = _chunk(n, dilation, n_chains, 0, CIRCULAR, L, CH)[3]
     if CIRCULAR:
-        # u = w + (-b)^(j+1)·u[m-1]; v[0] = Σ (-a)^j u[j]; y[0] = v[0] / (1 - (-a)^m)
-        u_last = w_last / (1.0 - power(-bb, m))
+        # u = w + (-b)^(j+1)·u[m-1], so v[0] = Σ (-a)^j u[j] gains u[m-1]·Σ_{j<m} (-a)^j (-b)^(j+1)
+        u_last = causal_cycle_end(w_last, m, bb)
         first_v += u_last * (-bb) * (1.0 - power(ab, m)) / (1.0 - ab)
-        y_first = first_v / (1.0 - power(-a, m))
-    else:
-        y_first = first_v * (1.0 - ab) / (1.0 - power(ab, m + 1))
+    y_first = exact_first(first_v, m, a, bb, CIRCULAR)
     carry = tl.zeros_like(carry)
     for step in range(0, chunks):
         k = chunks - 1 - step
@@ -129,10 +128,7 @@ def _chunked_factor(src, src_sb, src_sc, src_sr, src_sl, dst, dst_sb, dst_sc, ds
         v = tl.associative_scan((tl.zeros_like(u) - a, u), 1, linear_combine, reverse=True)[1]
         v = tl.where(mask, v + power(-a, k * L + L - j) * carry, 0.0)
         carry = tl.sum(tl.where(j == k * L, v, 0.0), 1, keep_dims=True)
-        if CIRCULAR:
-            y = v + power(-a, m - j) * y_first
-        else:
-            y = v - ab * y_first * power(-bb, j) * ((1.0 - power(ab, m - j)) / (1.0 - ab))
+        y = exact_from_open(v, j, m, a, bb, y_first, CIRCULAR)
         tl.store(dst + _offsets(b, c, rows, pos, dst_sb, dst_sc, dst_sr, dst_sl), y.to(dst.dtype.element_ty),
                  mask=mask)
 

@@ -145,6 +145,33 @@ def _axis(n, dilation, n_chains, block0, SOLVED: tl.constexpr, CIRCULAR: tl.cons
 
 
 @triton.jit
+def causal_cycle_end(w_last, m, b):
+    """``u[m-1] = w[m-1] / (1 - (-b)^m)``: the causal recursion around a cycle of ``m`` from the
+    open one's last element (``u[j] = w[j] + (-b)^(j+1)·u[m-1]``)."""
+    return w_last / (1.0 - power(-b, m))
+
+
+@triton.jit
+def exact_first(v_first, m, a, b, CIRCULAR: tl.constexpr):
+    """``y[0]`` from ``v[0]``, the open anti-causal solution's first element: ``v[0] / (1 - (-a)^m)``
+    around the cycle; ``v[0] / σ(m+1)`` for ``zeros``, ``σ(k) = Σ_{i<k} (ab)^i``."""
+    if CIRCULAR:
+        return v_first / (1.0 - power(-a, m))
+    ab = a * b
+    return v_first * (1.0 - ab) / (1.0 - power(ab, m + 1))
+
+
+@triton.jit
+def exact_from_open(v, j, m, a, b, y_first, CIRCULAR: tl.constexpr):
+    """The exact solution from the open one ``v`` and ``y[0]``: ``v + (-a)^(m-j)·y[0]`` around the
+    cycle; ``v - a·b·y[0]·(-b)^j·σ(m-j)`` for ``zeros`` (the rank-one term)."""
+    if CIRCULAR:
+        return v + power(-a, m - j) * y_first
+    ab = a * b
+    return v - ab * y_first * power(-b, j) * ((1.0 - power(ab, m - j)) / (1.0 - ab))
+
+
+@triton.jit
 def _factor_solve(t, j, m, inside, left, right, AXIS: tl.constexpr, CIRCULAR: tl.constexpr):
     """One factor solved along ``AXIS`` for every chain of the tile (module docstring)."""
     s = 0.5 * (1.0 + tl.sqrt(1.0 - 4.0 * left * right))
@@ -154,21 +181,11 @@ def _factor_solve(t, j, m, inside, left, right, AXIS: tl.constexpr, CIRCULAR: tl
     w = tl.associative_scan((tl.zeros_like(x) - b, x), AXIS, linear_combine)[1]
     w = tl.where(inside, w, 0.0)
     if CIRCULAR:
-        # causal cycle: u[j] = w[j] + (-b)^(j+1)·u[m-1], u[m-1] = w[m-1] / (1 - (-b)^m)
         w_last = tl.sum(tl.where(j == m - 1, w, 0.0), AXIS, keep_dims=True)
-        u = w + power(-b, j + 1) * (w_last / (1.0 - power(-b, m)))
-        u = tl.where(inside, u, 0.0)
-        v = tl.associative_scan((tl.zeros_like(u) - a, u), AXIS, linear_combine, reverse=True)[1]
-        # anti-causal cycle: y[j] = v[j] + (-a)^(m-j)·y[0], y[0] = v[0] / (1 - (-a)^m)
-        v_first = tl.sum(tl.where(j == 0, v, 0.0), AXIS, keep_dims=True)
-        y = v + power(-a, m - j) * (v_first / (1.0 - power(-a, m)))
-    else:
-        v = tl.associative_scan((tl.zeros_like(w) - a, w), AXIS, linear_combine, reverse=True)[1]
-        # rank-one term: y = v - a·b·y[0]·(-b)^j·σ(m-j), y[0] = v[0] / σ(m+1), σ(k) = Σ_{i<k} (ab)^i
-        ab = a * b
-        v_first = tl.sum(tl.where(j == 0, v, 0.0), AXIS, keep_dims=True)
-        y_first = v_first * (1.0 - ab) / (1.0 - power(ab, m + 1))
-        y = v - ab * y_first * power(-b, j) * ((1.0 - power(ab, m - j)) / (1.0 - ab))
+        w = tl.where(inside, w + power(-b, j + 1) * causal_cycle_end(w_last, m, b), 0.0)
+    v = tl.associative_scan((tl.zeros_like(w) - a, w), AXIS, linear_combine, reverse=True)[1]
+    v_first = tl.sum(tl.where(j == 0, v, 0.0), AXIS, keep_dims=True)
+    y = exact_from_open(v, j, m, a, b, exact_first(v_first, m, a, b, CIRCULAR), CIRCULAR)
     return tl.where(inside, y, 0.0)
 
 
