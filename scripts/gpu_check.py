@@ -242,8 +242,8 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
         tiling = Tiling(fused_elements=fused, pass_elements=per_pass, line_positions=line,
                         chunk_elements=min(line, Tiling().chunk_elements), num_warps=warps)
         y, state = triton_ar_solve(x, alpha, "circular", True, 1, tiling)
-        saved = x if state is None else state
-        return [y, *triton_ar_solve_backward(grad, saved, alpha, "circular", True, 1, state is not None, tiling)]
+        return [y, *triton_ar_solve_backward(grad, x if state is None else None, alpha, "circular", True, 1, state,
+                                             tiling)]
 
     default = run(*setup.variants[0])
     rows = []

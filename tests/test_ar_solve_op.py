@@ -51,6 +51,22 @@ def test_opcheck_ar_solve_backward(backend, boundary, dtype):
                           (grad_y, x, alpha, boundary, True, 1, backend))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="triton kernels need CUDA or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_ar_solve_backward_from_a_state(dtype):
+    """A map solved in two passes (8 channels_last channels of 33×40): the backward from the
+    state alone, and from the state and X (what autograd keeps for half input)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 8, 33, 40, generator=gen).to(dtype, memory_format=torch.channels_last)
+    alpha = torch.randn(8, 1, 4, generator=gen)
+    state = torch.ops.arma_plugin.ar_solve(x, alpha, "zeros", True, 1, "triton")[1]
+    assert state.numel() == x.numel()
+    for saved_x in (None, x):
+        torch.library.opcheck(torch.ops.arma_plugin.ar_solve_backward.default,
+                              (torch.randn_like(x), saved_x, alpha, "zeros", True, 1, "triton", state))
+
+
 @pytest.mark.parametrize("backend", BACKENDS[:2])
 def test_dtype_layout_and_empty_rules_hold_for_every_backend(backend):
     """One set of rules in the op: the output and dX keep x's dtype and layout (half input is
@@ -91,5 +107,11 @@ def test_tap_chain_rule_matches_autograd():
 @pytest.mark.parametrize("backend", BACKENDS[:2])
 def test_only_triton_has_a_state(backend):
     x, alpha, grad_y = _inputs(torch.float32)
-    with pytest.raises(ValueError, match="x_is_state=True needs backend='triton'"):
-        torch.ops.arma_plugin.ar_solve_backward(grad_y, x, alpha, "zeros", True, 1, backend, True)
+    with pytest.raises(ValueError, match="state needs backend='triton'"):
+        torch.ops.arma_plugin.ar_solve_backward(grad_y, x, alpha, "zeros", True, 1, backend, x.float())
+
+
+def test_backward_needs_x_or_state():
+    x, alpha, grad_y = _inputs(torch.float32)
+    with pytest.raises(ValueError, match="needs x .* state, or both; got neither"):
+        torch.ops.arma_plugin.ar_solve_backward(grad_y, None, alpha, "zeros", True, 1, "torch")

@@ -5,8 +5,9 @@
 ``reparam``, else the raw taps), and ``state``, empty unless the backend solves the map in
 two passes (triton, maps too large for one program): then it is the first pass's output, in
 float32 (float64), which the backward needs and would otherwise recompute from ``X``. The
-registered autograd saves ``alpha`` and ``state``, or ``X`` when ``state`` is empty, and the
-backward kernels re-solve for ``Y`` themselves. Saving an input-side tensor rather than ``Y``
+registered autograd saves ``alpha`` and ``state``, or ``X`` when ``state`` is empty (both
+when ``X`` is narrower than the state: bfloat16/float16, whose backward reads ``X`` where it
+can, at half the bytes), and the backward kernels re-solve for ``Y`` themselves. Saving an input-side tensor rather than ``Y``
 lets the caller overwrite ``Y`` in place: timm and SMP put ``ReLU(inplace=True)`` right after
 convolutions, and inside ``ARMAConv2d`` nothing else holds ``X``. Being a
 ``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
@@ -143,18 +144,21 @@ def _(x, alpha, boundary, reparam, dilation, backend):
 
 
 @torch.library.custom_op("arma_plugin::ar_solve_backward", mutates_args=())
-def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool,
-                      dilation: int, backend: str, x_is_state: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dX, d alpha)`` from ``dY`` and the solve's input ``x``, or with ``x_is_state`` the
-    non-empty ``state`` that the forward returned instead; ``dX`` has ``dY``'s dtype and
-    ``x``'s layout."""
-    if x_is_state and backend != "triton":
-        raise ValueError(f"x_is_state=True needs backend='triton' (the only backend with a state), got {backend!r}")
-    if x.numel() == 0:
-        return torch.empty_like(x), torch.zeros_like(alpha)
+def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor | None, alpha: torch.Tensor, boundary: str,
+                      reparam: bool, dilation: int, backend: str,
+                      state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dX, d alpha)`` from ``dY`` and the solve's input ``x``, the non-empty ``state`` that
+    the forward returned (triton), or both; ``dX`` has ``dY``'s dtype and ``x``'s layout."""
+    if state is not None and backend != "triton":
+        raise ValueError(f"state needs backend='triton' (the only backend with a state), got {backend!r}")
+    if x is None and state is None:
+        raise ValueError("ar_solve_backward needs x (the solve's input), state, or both; got neither")
+    like = state if x is None else x
+    if like.numel() == 0:
+        return torch.empty_like(like, dtype=grad_y.dtype), torch.zeros_like(alpha)
     if backend == "triton":
         from .ar_solve_triton import triton_ar_solve_backward
-        return triton_ar_solve_backward(grad_y, x, alpha, boundary, reparam, dilation, x_is_state=x_is_state)
+        return triton_ar_solve_backward(grad_y, x, alpha, boundary, reparam, dilation, state)
     dtype = compute_dtype(x)
     alpha_c = alpha.to(dtype)
     taps = ar_taps(alpha_c, reparam)
@@ -168,8 +172,8 @@ def ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor
 
 
 @ar_solve_backward.register_fake
-def _(grad_y, x, alpha, boundary, reparam, dilation, backend, x_is_state=False):
-    return torch.empty_like(x, dtype=grad_y.dtype), torch.empty_like(alpha)
+def _(grad_y, x, alpha, boundary, reparam, dilation, backend, state=None):
+    return torch.empty_like(state if x is None else x, dtype=grad_y.dtype), torch.empty_like(alpha)
 
 
 def _setup_context(ctx, inputs, output):
@@ -177,16 +181,19 @@ def _setup_context(ctx, inputs, output):
     state = output[1]
     ctx.mark_non_differentiable(state)
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the state
-    ctx.x_is_state = state.numel() > 0
-    ctx.save_for_backward(state if ctx.x_is_state else x, alpha)
+    if state.numel() == 0:
+        state = None
+    elif x.element_size() >= state.element_size():
+        x = None  # the backward starts from the state alone; a narrower X is kept for its cheaper loads
+    ctx.save_for_backward(x, state, alpha)
     ctx.solve_args = (boundary, reparam, dilation, backend)
 
 
 def _backward(ctx, grad_y, grad_state):
     if grad_y is None:  # Y took no part in the loss
         return None, None, None, None, None, None
-    x, alpha = ctx.saved_tensors
-    grad_x, grad_alpha = ar_solve_backward(grad_y, x, alpha, *ctx.solve_args, ctx.x_is_state)
+    x, state, alpha = ctx.saved_tensors
+    grad_x, grad_alpha = ar_solve_backward(grad_y, x, alpha, *ctx.solve_args, state)
     return grad_x, grad_alpha, None, None, None, None
 
 

@@ -13,7 +13,8 @@ input's layout, each program holding whole lines: ``[H, columns]`` for the H fac
 (``ar_solve_triton_chunks``); that buffer (the H
 factors' output) is the forward's state, which the backward takes in place of ``X``: its
 W pass re-solves ``Y`` from it and its H pass walks the H factors back from it (4 T forward,
-6 T backward in float32, instead of re-solving it from ``X`` first: +2 T).
+6 T backward in float32, instead of re-solving it from ``X`` first: +2 T), or, for bfloat16
+and float16 input, whose ``X`` is half the state's size, re-solves them from ``X``.
 Tap gradients: one partial sum per program and tap, summed per channel by one small kernel
 that also applies the re-parameterisation's chain rule. No host synchronisation; launches run
 under the input's device. Only valid for taps inside the stable region (the dispatcher checks).
@@ -231,10 +232,10 @@ def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam
     return out, state
 
 
-def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, num_warps,
+def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, tiling,
                      src_solved=False):
     grid, args, consts = _common(src, alpha, boundary, reparam, dilation, step)
-    warps = _warps(step.elements(), num_warps)
+    warps = _warps(step.elements(), tiling.num_warps)
     if isinstance(step, _ChunkedPass):
         work_y, work_z, work_g = (torch.empty_like(src, dtype=partial.dtype) for _ in range(3))
         chunk_kernels.chunked_backward_kernel[grid](
@@ -247,39 +248,44 @@ def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, di
                                       SRC_SOLVED=src_solved, num_warps=warps)
 
 
-def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, boundary: str,
-                             reparam: bool, dilation: int, x_is_state: bool = False,
+def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor | None, alpha: torch.Tensor, boundary: str,
+                             reparam: bool, dilation: int, state: torch.Tensor | None = None,
                              tiling: Tiling = Tiling()) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dX, dL/dalpha)`` from ``dL/dY`` and the saved input ``X`` (non-empty), or with
-    ``x_is_state`` the state that :func:`triton_ar_solve` returned with the same tiling."""
-    b, c = x.shape[:2]
+    """``(dL/dX, dL/dalpha)`` from ``dL/dY`` and the solve's input ``X``, the ``state`` that
+    :func:`triton_ar_solve` returned with the same tiling, or both (non-empty). A two-pass
+    plan's W pass starts from the state (computed from ``X`` if not given); its H pass
+    re-solves the H factors from ``X`` when ``X`` is given and narrower than the state
+    (bfloat16/float16: half the bytes to read), else walks them back from the state."""
+    if x is None and state is None:
+        raise ValueError("triton_ar_solve_backward needs x (the solve's input), state, or both; got neither")
+    like = state if x is None else x
+    b, c = like.shape[:2]
     q = alpha.shape[1]
     alpha = alpha.detach().contiguous()
-    grad_x = torch.empty_like(x, dtype=grad_y.dtype)
+    grad_x = torch.empty_like(like, dtype=grad_y.dtype)
     grad_alpha = torch.empty_like(alpha)
-    acc = _accumulation_dtype(x)
-    plan = _plan_for(x, boundary, dilation, tiling, grad_y.element_size())
-    if x_is_state and len(plan) == 1:
-        raise ValueError("x_is_state=True, but this map is solved in one pass, which keeps no state: pass X")
+    acc = _accumulation_dtype(like)
+    plan = _plan_for(like, boundary, dilation, tiling, grad_y.element_size())
+    if state is not None and len(plan) == 1:
+        raise ValueError("state was given, but this map is solved in one pass, which keeps no state: pass x alone")
     rows = b * sum(step.blocks for step in plan)
-    partial = torch.empty(c, rows, q * 4, dtype=acc, device=x.device)
-    warps = tiling.num_warps
-    with torch.cuda.device_of(x):
+    partial = torch.empty(c, rows, q * 4, dtype=acc, device=like.device)
+    with torch.cuda.device_of(like):
         if len(plan) == 1:
-            _launch_backward(x, grad_y, grad_x, alpha, partial, 0, boundary, reparam, dilation, plan[0], warps)
+            _launch_backward(x, grad_y, grad_x, alpha, partial, 0, boundary, reparam, dilation, plan[0], tiling)
         else:
             pass_h, pass_w = plan
-            state = x
-            if not x_is_state:
+            if state is None:
                 state = torch.empty_like(x, dtype=acc)
-                _launch_forward(x, state, alpha, boundary, reparam, dilation, pass_h, warps)
-            grad_state = torch.empty_like(x, dtype=acc)
+                _launch_forward(x, state, alpha, boundary, reparam, dilation, pass_h, tiling.num_warps)
+            grad_state = torch.empty_like(state)
             _launch_backward(state, grad_y, grad_state, alpha, partial, 0, boundary, reparam, dilation, pass_w,
-                             warps)
-            _launch_backward(state, grad_state, grad_x, alpha, partial, b * pass_w.blocks, boundary, reparam,
-                             dilation, pass_h, warps, src_solved=True)
+                             tiling)
+            from_x = x is not None and x.element_size() < state.element_size()
+            _launch_backward(x if from_x else state, grad_state, grad_x, alpha, partial, b * pass_w.blocks, boundary,
+                             reparam, dilation, pass_h, tiling, src_solved=not from_x)
         kernels.tap_gradient_kernel[(c,)](partial, alpha, grad_alpha, rows, Q=q, QP=triton.next_power_of_2(q),
-                                          REPARAM=reparam, ACC=_accumulator(x),
+                                          REPARAM=reparam, ACC=_accumulator(like),
                                           ROWS=min(triton.next_power_of_2(rows), 256))
     return grad_x, grad_alpha
 
