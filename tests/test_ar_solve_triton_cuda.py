@@ -52,22 +52,30 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
     lines = {} if line is None else dict(line_positions=line, line_elements=line, chunk_elements=line)
     plan = host._plan(h, w, dilation, circular, channels, sector,
                       host.Tiling(fused_elements=fused, pass_elements=per_pass, **lines))
+    two_pass = len(plan) == 2
     for step in plan:
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
                       **step.constants())
         warps = host._warps(step.elements(), None)
         name = f"{h}x{w} d{dilation} {'circular' if circular else 'zeros'} {data} Q{q} {step.constants()}"
-        # the H pass of a two-pass backward starts from the forward's state (the H factors' output)
-        backward_consts = dict(consts, SRC_SOLVED=len(plan) == 2 and step.solve_h)
+        # the pointer types of the host's launches: a two-pass plan's H pass writes the float32
+        # (float64) state, its W pass reads it; the backward's W pass reads the state and writes
+        # its gradient, which the H pass reads with X if X is narrower (else the state: SRC_SOLVED)
+        forward_io = dict(src=work if two_pass and not step.solve_h else data,
+                          dst=work if two_pass and step.solve_h else data)
+        from_x = not two_pass or data == "bf16"
+        backward_io = dict(src=data if step.solve_h and from_x else work if two_pass else data,
+                           grad=work if two_pass and step.solve_h else data,
+                           dst=work if two_pass and not step.solve_h else data)
+        backward_consts = dict(consts, SRC_SOLVED=two_pass and step.solve_h and not from_x)
         if isinstance(step, host._ChunkedPass):
-            forward = usage(chunks.chunked_forward_kernel, dict(src=data, dst=data, work=work, alpha=data),
-                            consts, warps)
+            forward = usage(chunks.chunked_forward_kernel, dict(forward_io, work=work, alpha=data), consts, warps)
             backward = usage(chunks.chunked_backward_kernel,
-                             dict(src=data, grad=data, dst=data, work_y=work, work_z=work, work_g=work, alpha=data,
-                                  partial=work), backward_consts, warps)
+                             dict(backward_io, work_y=work, work_z=work, work_g=work, alpha=data, partial=work),
+                             backward_consts, warps)
         else:
-            forward = usage(kernels.forward_kernel, dict(src=data, dst=data, alpha=data), consts, warps)
-            backward = usage(kernels.backward_kernel, dict(src=data, grad=data, dst=data, alpha=data, partial=work),
+            forward = usage(kernels.forward_kernel, dict(forward_io, alpha=data), consts, warps)
+            backward = usage(kernels.backward_kernel, dict(backward_io, alpha=data, partial=work),
                              backward_consts, warps)
         rows += [(name + " forward", forward), (name + " backward", backward)]
     rows.append((f"tap gradients Q{q} reparam={reparam}", usage(
