@@ -315,6 +315,15 @@ def test_two_pass_solves_save_their_state(dtype, boundary):
     assert rel_err(x_leaf.grad, x_ref.grad) <= tol and rel_err(alpha_leaf.grad, alpha_ref.grad) <= tol
 
 
+def test_backward_names_what_it_was_given_wrongly():
+    x = torch.randn(1, 2, 3, 4)
+    alpha = torch.zeros(2, 1, 4)
+    with pytest.raises(ValueError, match="needs x .*, state, or both; got neither"):
+        ar_solve_triton.triton_ar_solve_backward(torch.ones_like(x), None, alpha, "zeros", True, 1)
+    with pytest.raises(ValueError, match="state was given, but this map is solved in one pass"):
+        ar_solve_triton.triton_ar_solve_backward(torch.ones_like(x), x, alpha, "zeros", True, 1, state=x.clone())
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_inplace_op_on_output_keeps_gradients_right(boundary):
     """timm/SMP apply ReLU(inplace=True) right after a conv: backward must not need Y intact."""
