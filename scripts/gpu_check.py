@@ -87,9 +87,10 @@ class Setup:
         self.layout_shape = (1, 2, 4, 5) if smoke else (2, 8, 12, 10)
         # (largest tile solved by one program, elements per program of a pass, longest line
         # (positions) held whole, warps; None: default)
-        self.variants = [(16384, 4096, 1024, None), (8, 4, 2, None)] if smoke else [
-            (16384, 4096, 1024, None), (16384, 4096, 1024, 8), (16384, 4096, 1024, 32), (8192, 4096, 1024, None),
-            (8192, 2048, 1024, 8), (4096, 4096, 1024, None), (4096, 4096, 64, None)]
+        # the default first, then the one-program plane that spills (16 384, 8192 elements)
+        self.variants = [(4096, 4096, 1024, None), (8, 4, 2, None)] if smoke else [
+            (4096, 4096, 1024, None), (16384, 4096, 1024, None), (16384, 4096, 1024, 32), (8192, 4096, 1024, None),
+            (4096, 2048, 1024, None), (4096, 8192, 1024, 16), (4096, 4096, 64, None)]
         self.variant_shape = (1, 1, 3, 4) if smoke else (8, 64, 128, 128)
         # (B, C, H, W, memory format)
         self.layer_shapes = ((2, 16, 32, 32, "channels_last"),) if smoke else (

@@ -291,7 +291,7 @@ def test_two_pass_solves_save_their_state(dtype, boundary):
     gen = torch.Generator().manual_seed(10)
     alpha = torch.randn(8, 1, 4, generator=gen, dtype=torch.float64)
     x = torch.randn(1, 8, 33, 40, generator=gen).to(dtype, memory_format=torch.channels_last)
-    assert ar_solve_triton.keeps_state(x, boundary, 1)
+    assert ar_solve_triton.keeps_state(x, boundary, 1, alpha.shape[1])
     saved = []
     x_leaf = x.clone().requires_grad_()
     alpha_leaf = alpha.float().requires_grad_()

@@ -31,11 +31,11 @@ assert not host.INTERPRETED
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def usage(kernel, pointers, consts, warps):
+def usage(kernel, pointers, consts, options):
     signature = {name: "constexpr" if name in consts else "*" + pointers[name] if name in pointers else "i32"
                  for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": warps})
+                              options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
@@ -50,13 +50,15 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
     work = "fp64" if data == "fp64" else "fp32"
     sector = {"fp64": 4, "fp32": 8, "bf16": 16}[data]
     lines = {} if line is None else dict(line_positions=line, line_elements=line, chunk_elements=line)
-    plan = host._plan(h, w, dilation, circular, channels, sector,
-                      host.Tiling(fused_elements=fused, pass_elements=per_pass, **lines))
+    limits = {key: value for key, value in dict(fused_elements=fused, pass_elements=per_pass).items() if value}
+    tiling = host.Tiling(**limits, **lines)
+    weight = host.register_weight(8 if data == "fp64" else 4, q)
+    plan = host._plan(h, w, dilation, circular, channels, sector, tiling.for_solve(weight))
     two_pass = len(plan) == 2
     for step in plan:
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
                       **step.constants())
-        warps = host._warps(step.elements(), None)
+        options = dict(num_warps=host.warps_for(step.elements(), None, weight))
         name = f"{h}x{w} d{dilation} {'circular' if circular else 'zeros'} {data} Q{q} {step.constants()}"
         # the pointer types of the host's launches: a two-pass plan's H pass writes the float32
         # (float64) state, its W pass reads it; the backward's W pass reads the state and writes
@@ -69,18 +71,18 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
                            dst=work if two_pass and not step.solve_h else data)
         backward_consts = dict(consts, SRC_SOLVED=two_pass and step.solve_h and not from_x)
         if isinstance(step, host._ChunkedPass):
-            forward = usage(chunks.chunked_forward_kernel, dict(forward_io, work=work, alpha=data), consts, warps)
+            forward = usage(chunks.chunked_forward_kernel, dict(forward_io, work=work, alpha=data), consts, options)
             backward = usage(chunks.chunked_backward_kernel,
                              dict(backward_io, work_y=work, work_z=work, work_g=work, alpha=data, partial=work),
-                             backward_consts, warps)
+                             backward_consts, options)
         else:
-            forward = usage(kernels.forward_kernel, dict(forward_io, alpha=data), consts, warps)
+            forward = usage(kernels.forward_kernel, dict(forward_io, alpha=data), consts, options)
             backward = usage(kernels.backward_kernel, dict(backward_io, alpha=data, partial=work),
-                             backward_consts, warps)
+                             backward_consts, options)
         rows += [(name + " forward", forward), (name + " backward", backward)]
     rows.append((f"tap gradients Q{q} reparam={reparam}", usage(
         kernels.tap_gradient_kernel, dict(partial="fp32", alpha=data, grad_alpha=data),
-        dict(Q=q, QP=triton.next_power_of_2(q), REPARAM=reparam, ACC=acc, ROWS=256), 4)))
+        dict(Q=q, QP=triton.next_power_of_2(q), REPARAM=reparam, ACC=acc, ROWS=256), dict(num_warps=4))))
 print(json.dumps(rows))
 """
 
@@ -95,8 +97,8 @@ def _compile_for_cuda(variants) -> list:
 
 # (H, W, dilation, circular, data type, Q, reparam, channels per program, fused elements,
 # elements per pass, longest line before chunks (None: the default Tiling's))
-SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 1, 16384, 4096, None),
-                  (7, 7, 1, True, "fp32", 1, True, 8, 16384, 4096, None),
+SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 1, None, None, None),
+                  (7, 7, 1, True, "fp32", 1, True, 8, None, None, None),
                   (24, 40, 2, False, "fp32", 2, True, 1, 256, 64, 16),
                   (24, 40, 1, True, "fp32", 3, True, 1, 256, 64, None)]
 
@@ -114,20 +116,21 @@ def test_kernels_compile_for_a_cuda_target_without_spills(variant):
         assert resources.get("STACK", 0) == 0 and resources.get("LOCAL", 0) == 0, (name, resources)
 
 
-# The maps' default plans: 128² fused (fp32, bf16), 128² channels_last in two passes (blocks of 8
-# float32 or 16 bfloat16 channels), a 2048-long map in two passes, dilation 2,
-# Q = 3, float64. The fused backward of a 128² plane holds the state and the gradient
-# (2 × 64 KiB of float32) and the scans' temporaries: more than an SM's 256 KiB register file
-# holds at once, so it spills to local memory; such variants are reported as expected failures
-# with their resource usage, not hidden.
-FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, 16384, 4096, None),
-                 (128, 128, 1, False, "bf16", 1, True, 1, 16384, 4096, None),
-                 (128, 128, 1, True, "fp32", 1, True, 8, 16384, 4096, None),
-                 (128, 128, 1, False, "bf16", 1, True, 16, 16384, 4096, None),
-                 (64, 64, 2, True, "fp32", 2, True, 1, 16384, 4096, None),
-                 (64, 64, 1, False, "fp64", 3, False, 1, 16384, 4096, None),
-                 (3, 2048, 1, False, "fp32", 1, True, 1, 16384, 4096, None),
-                 (3, 8192, 1, True, "bf16", 1, True, 1, 16384, 4096, None)]
+# The maps' default plans (fused and per-pass limits None: the defaults): 128² in two passes
+# (NCHW and channels_last blocks of 8 float32 or 16 bfloat16 channels, Q = 1 and 3), 64² in
+# one program (dilation 2 and 3, Q = 2 and 3), float64 (half the elements per tile), a
+# 2048-long and an 8192-long map in two passes, their lines in chunks.
+FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, None, None, None),
+                 (128, 128, 1, False, "bf16", 1, True, 1, None, None, None),
+                 (128, 128, 2, False, "fp32", 3, True, 1, None, None, None),
+                 (128, 128, 1, True, "fp32", 1, True, 8, None, None, None),
+                 (128, 128, 1, False, "bf16", 1, True, 16, None, None, None),
+                 (64, 64, 2, True, "fp32", 2, True, 1, None, None, None),
+                 (64, 64, 3, True, "bf16", 3, True, 1, None, None, None),
+                 (64, 64, 1, False, "fp32", 3, True, 1, None, None, None),
+                 (64, 64, 1, False, "fp64", 3, False, 1, None, None, None),
+                 (3, 2048, 1, False, "fp32", 1, True, 1, None, None, None),
+                 (3, 8192, 1, True, "bf16", 1, True, 1, None, None, None)]
 
 
 @pytest.mark.slow

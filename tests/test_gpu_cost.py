@@ -5,9 +5,11 @@ program) for one layer's forward + backward, taps from ``alpha`` included.
 Targets, per layer fwd+bwd: at most 8 launches, at most 8 T of traffic (T = one float32 copy
 of x), sector efficiency at least 0.75, at most 32 load/store instructions per program; with
 Q = 2 and 3 the same launches and at most 1 T more per extra factor. 16×16 maps keep the
-interpreter fast and run the one-program plan that 128² NCHW planes run: one plane per
-program for NCHW (1×2×16×16), a sector's worth of channels per program for channels_last
-(1×16×16×16: 8 float32 or 16 bfloat16 channels, lanes across C).
+interpreter fast and run the one-program plan of NCHW maps up to 64²: one plane per program
+for NCHW (1×2×16×16), a sector's worth of channels per program for channels_last
+(1×16×16×16: 8 float32 or 16 bfloat16 channels, lanes across C). Larger maps (128² in both
+layouts) take two passes, whose traffic floors (10 T in float32, 7.5 T in bfloat16) are
+asserted at 33×33.
 """
 from __future__ import annotations
 
@@ -92,8 +94,8 @@ def test_the_counter_sees_strided_sweeps():
 @pytest.mark.parametrize("dtype, channels, floor", [(torch.float32, 8, 10.0), (torch.bfloat16, 16, 7.5)],
                          ids=["float32", "bfloat16"])
 def test_two_pass_maps_start_the_backward_from_the_forward_state(dtype, channels, floor):
-    """A sector's worth of channels_last channels of 33² is more than one program holds: two
-    passes, one per axis. The backward starts from the forward's first-pass output (and, for
+    """A sector's worth of channels_last channels of 33² (as a 128² NCHW plane) is more than
+    one program holds: two passes, one per axis. The backward starts from the forward's first-pass output (and, for
     bfloat16, X): 5 launches, where recomputing that state would take 6 launches and 2 T more."""
     row = gpu_cost.layer_cost("new", (1, channels, 33, 33), dtype, "channels_last", "zeros", 1, 1)
     assert row["launches"] == 5 and row["torch_ops"] == []

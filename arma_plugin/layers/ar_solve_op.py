@@ -107,11 +107,11 @@ def _in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like).copy_(t)
 
 
-def _keeps_state(x: torch.Tensor, boundary: str, dilation: int, backend: str) -> bool:
+def _keeps_state(x: torch.Tensor, alpha: torch.Tensor, boundary: str, dilation: int, backend: str) -> bool:
     if backend != "triton" or x.numel() == 0:
         return False
     from .ar_solve_triton import keeps_state
-    return keeps_state(x, boundary, dilation)
+    return keeps_state(x, boundary, dilation, alpha.shape[1])
 
 
 def _no_state(x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ def ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool,
 
 @ar_solve.register_fake
 def _(x, alpha, boundary, reparam, dilation, backend):
-    if _keeps_state(x, boundary, dilation, backend):
+    if _keeps_state(x, alpha, boundary, dilation, backend):
         return torch.empty_like(x), torch.empty_like(x, dtype=compute_dtype(x))
     return torch.empty_like(x), _no_state(x)
 

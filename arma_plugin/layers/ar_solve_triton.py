@@ -3,10 +3,12 @@
 A program holds one plane (W the fastest axis, NCHW) or a block of channels that fills a
 32-byte sector (C the fastest axis, channels_last: 8 float32, 16 bfloat16/float16, 4
 float64), so its lanes always run along contiguous memory. Planes whose padded tile has at
-most ``fused_elements`` elements (every map of a 224-px ImageNet network in NCHW at the
-default 16 384) are solved by one program along both axes and all Q factors: the forward
-reads ``X`` once and writes ``Y`` once, the backward reads ``X`` and ``dY`` once and writes
-``dX`` once. Larger tiles take one pass per axis through a float32 (float64) buffer in the
+most ``fused_elements`` elements (4096 float32 by default: NCHW maps up to 64², every map of
+a 224-px ImageNet network after its 112² stage) are solved by one program along both axes
+and all Q factors: the forward reads ``X`` once and writes ``Y`` once, the backward reads
+``X`` and ``dY`` once and writes ``dX`` once. Beyond that size a program's registers no
+longer hold the backward (a 128² float32 plane spills over 1 MB per program to local memory,
+about 22 T). Larger tiles take one pass per axis through a float32 (float64) buffer in the
 input's layout, each program holding whole lines: ``[H, columns]`` for the H factors,
 ``[rows, W]`` for the W factors, about ``pass_elements`` elements each, or, for long lines
 (:class:`Tiling`), a few lines walked in chunks with a carried state
@@ -22,7 +24,7 @@ under the input's device. Only valid for taps inside the stable region (the disp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -35,21 +37,30 @@ SECTOR_BYTES = 32
 
 @dataclass(frozen=True)
 class Tiling:
-    """The plan's knobs: a padded tile of at most ``fused_elements`` is solved by one program
-    along both axes; larger maps take one pass per axis with tiles of about ``pass_elements``;
-    a line longer than ``line_positions`` (padded, all chains), or than ``line_elements`` with
-    the channels of a program, is walked in chunks, tiles of ``chunk_elements``;
-    ``num_warps`` per program (default: about 16 elements of a tile per thread, 1 to 16).
+    """The plan's knobs, in float32 elements (float64 tiles hold half as many): a padded tile of
+    at most ``fused_elements`` is solved by one program along both axes; larger maps take one
+    pass per axis with tiles of about ``pass_elements``; a line longer than ``line_positions``
+    (padded, all chains), or than ``line_elements`` with the channels of a program, is walked
+    in chunks, tiles of ``chunk_elements``; ``num_warps`` per program (default:
+    :func:`warps_for`). The limits shrink by :func:`register_weight` (float64, Q > 2).
 
-    Measured by compiling for sm_90 (docs/benchmarks.md): the backward of a whole line of
-    2048 positions spills to local memory at any warp count, lines up to 1024 positions and
-    1024-element chunks do not."""
-    fused_elements: int = 16384
+    Measured by compiling for sm_90 (docs/benchmarks.md): the backward of a one-program
+    128×128 plane spills over 1 MB per program to local memory (64×128: 74 KB), of a whole line
+    of 2048 positions at any warp count; 4096-element planes and passes, lines up to 1024
+    positions and 1024-element chunks do not spill."""
+    fused_elements: int = 4096
     pass_elements: int = 4096
     line_positions: int = 1024
     line_elements: int = 4096
     chunk_elements: int = 1024
     num_warps: int | None = None
+
+    def for_solve(self, weight: int) -> "Tiling":
+        """The element limits for a solve of register ``weight`` (:func:`register_weight`)."""
+        shrink = max(weight // 4, 1)
+        return replace(self, fused_elements=self.fused_elements // shrink,
+                       pass_elements=self.pass_elements // shrink, line_elements=self.line_elements // shrink,
+                       chunk_elements=self.chunk_elements // shrink)
 
     def whole(self, axis: "_AxisTile", channels: int) -> bool:
         """Whether a pass holds whole lines of ``axis``."""
@@ -151,18 +162,25 @@ def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_e
             _axis_pass(False, axis_w, h, channels, sector_elements, tiling)]
 
 
-def _plan_for(x: torch.Tensor, boundary: str, dilation: int, tiling: Tiling,
+def _plan_for(x: torch.Tensor, boundary: str, dilation: int, q: int, tiling: Tiling,
               element_size: int | None = None) -> list[_Pass | _ChunkedPass]:
     size = element_size or x.element_size()
     return _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x, size),
-                 max(SECTOR_BYTES // size, 1), tiling)
+                 max(SECTOR_BYTES // size, 1), tiling.for_solve(register_weight(_accumulation_dtype(x).itemsize, q)))
 
 
-def _warps(elements: int, num_warps: int | None) -> int:
-    """Default: about 16 elements of a tile per thread, 1 to 16 warps (fewer threads may hold
-    more registers each: on sm_90 a 4096-element tile of 1024-position lines spills at 16
-    warps and fits at 8)."""
-    return num_warps or min(max(triton.next_power_of_2(elements) // (32 * 16), 1), 16)
+def register_weight(accumulation_bytes: int, q: int) -> int:
+    """Registers a tile element costs, in bytes: its accumulation type's size, doubled for
+    more than 2 factors per axis (compiled for sm_90, the backward of Q = 3 spills 8-32 B per
+    thread at 16 float32 elements per thread). Tiles and elements per thread shrink by it."""
+    return accumulation_bytes * (2 if q > 2 else 1)
+
+
+def warps_for(elements: int, num_warps: int | None, weight: int = 4) -> int:
+    """Default: about 64 bytes of register weight per thread (16 float32 elements at Q <= 2), 1
+    to 16 warps (fewer threads may hold more registers each: on sm_90 a 4096-element tile of
+    1024-position lines spills at 16 warps and fits at 8)."""
+    return num_warps or min(max(triton.next_power_of_2(elements * weight) // (32 * 64), 1), 16)
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -173,9 +191,9 @@ def _accumulator(x: torch.Tensor):
     return triton.language.float64 if x.dtype == torch.float64 else triton.language.float32
 
 
-def keeps_state(x: torch.Tensor, boundary: str, dilation: int, tiling: Tiling = Tiling()) -> bool:
+def keeps_state(x: torch.Tensor, boundary: str, dilation: int, q: int, tiling: Tiling = Tiling()) -> bool:
     """Whether :func:`triton_ar_solve` solves ``x`` in two passes and returns a state."""
-    return len(_plan_for(x, boundary, dilation, tiling)) == 2
+    return len(_plan_for(x, boundary, dilation, q, tiling)) == 2
 
 
 def _line_strides(t: torch.Tensor, solve_h: bool) -> tuple[int, int, int, int]:
@@ -201,7 +219,8 @@ def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, 
 
 def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warps):
     grid, args, consts = _common(src, alpha, boundary, reparam, dilation, step)
-    warps = _warps(step.elements(), num_warps)
+    weight = register_weight(_accumulation_dtype(src).itemsize, alpha.shape[1])
+    warps = warps_for(step.elements(), num_warps, weight)
     if isinstance(step, _ChunkedPass):
         acc = _accumulation_dtype(src)
         work = dst if dst.dtype == acc else torch.empty_like(dst, dtype=acc)
@@ -220,7 +239,7 @@ def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam
     ``reparam``); ``state``: the H factors' output of a two-pass plan, else None."""
     out = torch.empty_like(x)
     alpha = alpha.detach().contiguous()
-    plan = _plan_for(x, boundary, dilation, tiling)
+    plan = _plan_for(x, boundary, dilation, alpha.shape[1], tiling)
     state = None
     with torch.cuda.device_of(x):
         if len(plan) == 1:
@@ -235,7 +254,8 @@ def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam
 def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, tiling,
                      src_solved=False):
     grid, args, consts = _common(src, alpha, boundary, reparam, dilation, step)
-    warps = _warps(step.elements(), tiling.num_warps)
+    warps = warps_for(step.elements(), tiling.num_warps,
+                      register_weight(_accumulation_dtype(src).itemsize, alpha.shape[1]))
     if isinstance(step, _ChunkedPass):
         work_y, work_z, work_g = (torch.empty_like(src, dtype=partial.dtype) for _ in range(3))
         chunk_kernels.chunked_backward_kernel[grid](
@@ -265,7 +285,7 @@ def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor | None, alpha
     grad_x = torch.empty_like(like, dtype=grad_y.dtype)
     grad_alpha = torch.empty_like(alpha)
     acc = _accumulation_dtype(like)
-    plan = _plan_for(like, boundary, dilation, tiling, grad_y.element_size())
+    plan = _plan_for(like, boundary, dilation, q, tiling, grad_y.element_size())
     if state is not None and len(plan) == 1:
         raise ValueError("state was given, but this map is solved in one pass, which keeps no state: pass x alone")
     rows = b * sum(step.blocks for step in plan)
