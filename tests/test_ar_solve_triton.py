@@ -282,6 +282,23 @@ def test_channels_last_programs_hold_channel_blocks(boundary, dtype, fused_eleme
     assert rel_err(y_cl, y_ref) <= tol and rel_err(gx_cl, gx_ref) <= tol and rel_err(ga_cl, ga_ref) <= tol
 
 
+@pytest.mark.parametrize("shape, dtype, q, one_program, warps", [
+    ((64, 64), torch.float32, 1, True, 8), ((64, 128), torch.float32, 1, False, 8),
+    ((128, 128), torch.bfloat16, 2, False, 8), ((64, 64), torch.float32, 3, False, 8),
+    ((32, 64), torch.float32, 3, True, 8), ((64, 64), torch.float64, 1, False, 8),
+    ((32, 64), torch.float64, 1, True, 8)])
+def test_default_plan_keeps_tiles_within_registers(shape, dtype, q, one_program, warps):
+    """One program per map up to 4096 float32 elements (2048 when an element weighs twice:
+    float64, or Q > 2), about 64 bytes of weight per thread: the sizes whose sm_90 binaries
+    do not spill (docs/benchmarks.md); larger maps take one pass per axis."""
+    x = torch.empty(1, 1, *shape, dtype=dtype)
+    plan = ar_solve_triton._plan_for(x, "zeros", 1, q, ar_solve_triton.Tiling())
+    assert (len(plan) == 1) == one_program
+    weight = ar_solve_triton.register_weight(torch.float64.itemsize if dtype == torch.float64 else 4, q)
+    assert all(ar_solve_triton.warps_for(step.elements(), None, weight) == warps for step in plan)
+    assert all(step.elements() * weight <= 4096 * 4 for step in plan)
+
+
 @pytest.mark.parametrize("dtype, boundary", [(torch.bfloat16, "zeros"), (torch.float32, "circular")])
 def test_two_pass_solves_save_their_state(dtype, boundary):
     """A map too large for one program (8 channels_last channels of 33×40 at the default
