@@ -136,10 +136,24 @@ FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, None, None, None),
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", FULL_VARIANTS, ids=lambda v: f"{v[0]}x{v[1]}-d{v[2]}-{v[4]}-Q{v[5]}-cb{v[7]}")
 def test_default_plans_compile_for_a_cuda_target(variant):
-    """Every kernel of the default plans compiles for sm_90 (~20-50 s per kernel on 2 cores)."""
+    """Every kernel of the default plans compiles for sm_90 (~20-50 s per kernel on 2 cores)
+    without register pressure. ptxas may keep a pass at 80 registers, three programs of 8
+    warps per SM, by parking one register in an 8-byte stack slot (one store, one load per
+    thread); more stack than that is a spill."""
     rows = _compile_for_cuda([variant])
-    assert rows and all(resources.get("REG", 0) > 0 for _, resources in rows)
-    spilled = [(name, resources) for name, resources in rows if resources.get("STACK", 0) or resources.get("LOCAL", 0)]
     print(json.dumps(rows, indent=1))
-    if spilled:
-        pytest.xfail(f"register spills: {spilled}")
+    assert rows and all(resources.get("REG", 0) > 0 for _, resources in rows)
+    spilled = [(name, resources) for name, resources in rows
+               if resources.get("LOCAL", 0) or resources.get("STACK", 0) > 8]
+    assert not spilled
+
+
+@pytest.mark.slow
+def test_one_program_128_plane_spills_so_the_default_splits_it():
+    """Why the default solves one program per map only up to 4096 float32 elements: the
+    one-program backward of a 128² plane (16 warps) holds more than the registers it may
+    have and spills to the stack (1096 B per thread when measured). If a compiler stops
+    spilling it, the limit is worth raising."""
+    rows = _compile_for_cuda([(128, 128, 1, True, "fp32", 1, True, 1, 16384, None, None)])
+    (backward,) = [resources for name, resources in rows if name.endswith("backward")]
+    assert backward["STACK"] > 512
