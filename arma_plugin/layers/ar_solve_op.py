@@ -2,15 +2,15 @@
 
 ``torch.ops.arma_plugin.ar_solve(x, alpha, boundary, reparam, dilation, backend)`` returns
 ``(Y, state)``: ``Y = A^{-1} X`` with the taps of ``alpha`` (Thm 7 re-parameterisation if
-``reparam``, else the raw taps), and ``state``, empty unless the backend solves the map in
-two passes (triton, maps too large for one program): then it is the first pass's output, in
-float32 (float64), which the backward needs and would otherwise recompute from ``X``. The
-registered autograd saves ``alpha`` and ``state``, or ``X`` when ``state`` is empty (both
-when ``X`` is narrower than the state: bfloat16/float16, whose backward reads ``X`` where it
-can, at half the bytes), and the backward kernels re-solve for ``Y`` themselves. Saving an
-input-side tensor rather than ``Y`` lets the caller overwrite ``Y`` in place: timm and SMP put ``ReLU(inplace=True)`` right after
-convolutions, and inside ``ARMAConv2d`` nothing else holds ``X``. Being a
-``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
+``reparam``, else the raw taps), and ``state``, empty unless the backend solves the map in two
+passes (triton, maps too large for one program): then it is the first pass's output, in float32
+(float64), which the backward needs and would otherwise recompute from ``X``. The registered
+autograd saves ``alpha`` and ``state``, or ``X`` when ``state`` is empty (both when ``X`` is
+narrower than the state: bfloat16/float16, whose backward reads ``X`` where it can, at half the
+bytes), and the backward kernels re-solve for ``Y`` themselves. Saving an input-side tensor
+rather than ``Y`` lets the caller overwrite ``Y`` in place: timm and SMP put
+``ReLU(inplace=True)`` right after convolutions, and inside ``ARMAConv2d`` nothing else holds
+``X``. Being a ``torch.library.custom_op`` it is opaque to ``torch.compile`` (no graph break),
 ``torch.jit.trace`` and ``torch.fx``.
 
 The rules every backend shares live here: the output and ``dX`` have ``x``'s dtype and
