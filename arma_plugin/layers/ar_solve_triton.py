@@ -203,8 +203,8 @@ def _line_strides(t: torch.Tensor, solve_h: bool) -> tuple[int, int, int, int]:
 
 
 def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
-            step: _Pass | _ChunkedPass):
-    """Grid, size arguments and constants of a launch of ``step`` on ``x``."""
+            step: _Pass | _ChunkedPass, num_warps: int | None):
+    """Grid, size arguments, constants and warps of a launch of ``step`` on ``x``."""
     b, c, h, w = x.shape
     if isinstance(step, _ChunkedPass):
         rows, n = (w, h) if step.solve_h else (h, w)
@@ -214,13 +214,12 @@ def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, 
     q = alpha.shape[1]
     consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=boundary == "circular", REPARAM=reparam,
                   ACC=_accumulator(x), **step.constants())
-    return (b * triton.cdiv(c, step.channels), step.blocks), args, consts
+    warps = warps_for(step.elements(), num_warps, register_weight(_accumulation_dtype(x).itemsize, q))
+    return (b * triton.cdiv(c, step.channels), step.blocks), args, consts, warps
 
 
 def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warps):
-    grid, args, consts = _common(src, alpha, boundary, reparam, dilation, step)
-    weight = register_weight(_accumulation_dtype(src).itemsize, alpha.shape[1])
-    warps = warps_for(step.elements(), num_warps, weight)
+    grid, args, consts, warps = _common(src, alpha, boundary, reparam, dilation, step, num_warps)
     if isinstance(step, _ChunkedPass):
         acc = _accumulation_dtype(src)
         work = dst if dst.dtype == acc else torch.empty_like(dst, dtype=acc)
@@ -251,11 +250,9 @@ def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam
     return out, state
 
 
-def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, tiling,
+def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, num_warps,
                      src_solved=False):
-    grid, args, consts = _common(src, alpha, boundary, reparam, dilation, step)
-    warps = warps_for(step.elements(), tiling.num_warps,
-                      register_weight(_accumulation_dtype(src).itemsize, alpha.shape[1]))
+    grid, args, consts, warps = _common(src, alpha, boundary, reparam, dilation, step, num_warps)
     if isinstance(step, _ChunkedPass):
         work_y, work_z, work_g = (torch.empty_like(src, dtype=partial.dtype) for _ in range(3))
         chunk_kernels.chunked_backward_kernel[grid](
@@ -292,7 +289,8 @@ def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor | None, alpha
     partial = torch.empty(c, rows, q * 4, dtype=acc, device=like.device)
     with torch.cuda.device_of(like):
         if len(plan) == 1:
-            _launch_backward(x, grad_y, grad_x, alpha, partial, 0, boundary, reparam, dilation, plan[0], tiling)
+            _launch_backward(x, grad_y, grad_x, alpha, partial, 0, boundary, reparam, dilation, plan[0],
+                             tiling.num_warps)
         else:
             pass_h, pass_w = plan
             if state is None:
@@ -300,10 +298,10 @@ def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor | None, alpha
                 _launch_forward(x, state, alpha, boundary, reparam, dilation, pass_h, tiling.num_warps)
             grad_state = torch.empty_like(state)
             _launch_backward(state, grad_y, grad_state, alpha, partial, 0, boundary, reparam, dilation, pass_w,
-                             tiling)
+                             tiling.num_warps)
             from_x = x is not None and x.element_size() < state.element_size()
             _launch_backward(x if from_x else state, grad_state, grad_x, alpha, partial, b * pass_w.blocks, boundary,
-                             reparam, dilation, pass_h, tiling, src_solved=not from_x)
+                             reparam, dilation, pass_h, tiling.num_warps, src_solved=not from_x)
         kernels.tap_gradient_kernel[(c,)](partial, alpha, grad_alpha, rows, Q=q, QP=triton.next_power_of_2(q),
                                           REPARAM=reparam, ACC=_accumulator(like),
                                           ROWS=min(triton.next_power_of_2(rows), 256))
