@@ -95,8 +95,9 @@ def test_the_counter_sees_strided_sweeps():
                          ids=["float32", "bfloat16"])
 def test_two_pass_maps_start_the_backward_from_the_forward_state(dtype, channels, floor):
     """A sector's worth of channels_last channels of 33² (as a 128² NCHW plane) is more than
-    one program holds: two passes, one per axis. The backward starts from the forward's first-pass output (and, for
-    bfloat16, X): 5 launches, where recomputing that state would take 6 launches and 2 T more."""
+    one program holds: two passes, one per axis. The backward starts from the forward's
+    first-pass output (and, for bfloat16, X): 5 launches, where recomputing that state would
+    take 6 launches and 2 T more."""
     row = gpu_cost.layer_cost("new", (1, channels, 33, 33), dtype, "channels_last", "zeros", 1, 1)
     assert row["launches"] == 5 and row["torch_ops"] == []
     assert floor <= row["traffic_T"] <= floor + 0.2  # + the partial sums: 2·B·C·(programs per channel)·4 floats
