@@ -55,10 +55,10 @@ def test_opcheck_ar_solve_backward(backend, boundary, dtype):
 @pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="triton kernels need CUDA or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck_ar_solve_backward_from_a_state(dtype):
-    """A map solved in two passes (8 channels_last channels of 33×40): the backward from the
+    """A map solved in two passes (8 channels_last channels of 48×48): the backward from the
     state alone, and from the state and X (what autograd keeps for half input)."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 8, 33, 40, generator=gen).to(dtype, memory_format=torch.channels_last)
+    x = torch.randn(1, 8, 48, 48, generator=gen).to(dtype, memory_format=torch.channels_last)
     alpha = torch.randn(8, 1, 4, generator=gen)
     state = torch.ops.arma_plugin.ar_solve(x, alpha, "zeros", True, 1, "triton")[1]
     assert state.numel() == x.numel()

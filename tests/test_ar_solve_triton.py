@@ -54,12 +54,14 @@ def _reference(x, alpha, grad_out, boundary, dilation, reparam=True):
 
 
 def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements=FUSED, line_elements=4096,
-            pass_elements=16):
+            pass_elements=16, walk_elements=0):
     """``(y, dx, dalpha)`` through the layer's function, or with ``fused_elements`` through the
     backend's functions with that plan (``pass_elements``, 16 by default: several programs per
-    plane); a two-pass plan's backward from the forward's state equals its backward from X."""
+    plane, or several tiles per phase of a walk; no walk unless ``walk_elements``); a two-pass
+    plan's backward from the forward's state equals its backward from X."""
     if fused_elements is not None:
-        tiling = ar_solve_triton.Tiling(fused_elements=fused_elements, pass_elements=pass_elements,
+        tiling = ar_solve_triton.Tiling(fused_elements=fused_elements, walk_elements=walk_elements,
+                                        walk_solve_elements=pass_elements, pass_elements=pass_elements,
                                         line_positions=line_elements,
                                         line_elements=line_elements, chunk_elements=line_elements)
         y, state = ar_solve_triton.triton_ar_solve(x, alpha, boundary, reparam, dilation, tiling)
@@ -79,7 +81,7 @@ def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements
 
 
 def _check_against_reference(boundary, q, dilation, size, fused_elements, dtype, scale, line_elements=4096,
-                             memory_format=torch.contiguous_format, pass_elements=16):
+                             memory_format=torch.contiguous_format, pass_elements=16, walk_elements=0):
     h, w = size
     gen = torch.Generator().manual_seed(1000 * q + 10 * dilation + h)
     alpha = scale * torch.randn(2, q, 4, generator=gen, dtype=torch.float64)
@@ -87,7 +89,7 @@ def _check_against_reference(boundary, q, dilation, size, fused_elements, dtype,
     grad_out = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
     y, gx, ga = _triton(x.to(dtype, memory_format=memory_format), alpha.to(dtype), grad_out.to(dtype), boundary,
                         dilation, fused_elements=fused_elements, line_elements=line_elements,
-                        pass_elements=pass_elements)
+                        pass_elements=pass_elements, walk_elements=walk_elements)
     y_ref, gx_ref, ga_ref = _reference(x, alpha, grad_out, boundary, dilation)
     # Backward-stable solves: relative error ≲ c·eps·cond(A); c = 1e3 covers the O(n) growth
     # of the reference's own LU error at n ≤ 40, the gradient's second solve and the tap
@@ -121,6 +123,55 @@ def test_float32_within_float32_rounding(boundary):
 def test_float64_sweep(boundary, case):
     """Every Q × dilation (3 makes cycles of several lengths) × size, fused and two-pass."""
     _check_against_reference(boundary, *case, torch.float64, 3.0)
+
+
+# (Q, dilation, H×W, memory format): maps walked by one program per plane (its H tiles, then
+# its W tiles, through a buffer) with 16-element tiles: several tiles per phase, partial last
+# tiles, chains of different lengths (d = 3), a channels_last block of 2 channels.
+WALK_CASES = [(1, 1, (6, 9), torch.contiguous_format), (2, 2, (17, 12), torch.contiguous_format),
+              (3, 3, (7, 10), torch.contiguous_format), (2, 1, (5, 11), torch.channels_last)]
+
+
+@pytest.mark.parametrize("boundary, case", [
+    ("circular", WALK_CASES[1]), ("zeros", WALK_CASES[3]),
+    *[pytest.param(boundary, case, marks=pytest.mark.slow) for boundary, case in itertools.product(
+        BOUNDARIES, WALK_CASES) if (boundary, case) not in {("circular", WALK_CASES[1]), ("zeros", WALK_CASES[3])}]],
+    ids=lambda v: v if isinstance(v, str) else "Q{}-d{}-{}x{}-{}".format(v[0], v[1], *v[2], str(v[3])[6:]))
+def test_walked_planes_match_dense_reference(boundary, case):
+    """One program per plane, three phases behind barriers in the backward (the H factors'
+    output into the buffer, the W factors' backward over it in place, the H factors' backward
+    into dX): float64 against the dense reference."""
+    q, dilation, size, memory_format = case
+    _check_against_reference(boundary, q, dilation, size, 8, torch.float64, 3.0, memory_format=memory_format,
+                             walk_elements=1 << 20)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_default_plan_walks_planes_too_large_for_registers(dtype):
+    """The default plan walks a 64×80 map (5120 elements: more than one program's registers
+    hold, within the walk's limit): X is all autograd keeps; float32 output and dX serve as
+    the walk's buffer, bfloat16 ones get a float32 buffer; values and gradients as the
+    reference's, within the input format's rounding."""
+    gen = torch.Generator().manual_seed(11)
+    alpha = torch.randn(2, 1, 4, generator=gen)
+    x = torch.randn(1, 2, 64, 80, generator=gen).to(dtype)
+    grad_out = torch.randn(1, 2, 64, 80, generator=gen).to(dtype)
+    (step,) = ar_solve_triton._plan_for(x, "zeros", 1, 1, ar_solve_triton.Tiling())
+    assert isinstance(step, ar_solve_triton._Walk) and not ar_solve_triton.keeps_state(x, "zeros", 1, 1)
+    x_leaf = x.clone().requires_grad_()
+    alpha_leaf = alpha.clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = autoregressive2d(x_leaf, alpha_leaf, "zeros", backend="triton")
+    assert [t is x_leaf for t in saved if t.shape == x.shape] == [True]
+    gx, ga = torch.autograd.grad(y, (x_leaf, alpha_leaf), grad_out)
+    y_ref, gx_ref, ga_ref = _reference(x.double(), alpha.double(), grad_out.double(), "zeros", 1)
+    assert y.dtype == gx.dtype == dtype
+    # float32: 1e3·eps·cond as _check_against_reference; bfloat16: 4 roundings of the format
+    # (test_half_precision_in_and_out)
+    tol = 4 * torch.finfo(dtype).eps if dtype == torch.bfloat16 else (
+        1e3 * EPS32 * condition(ar_taps(alpha.double()), 64, 80, "zeros", 1))
+    assert rel_err(y, y_ref) <= tol and rel_err(gx, gx_ref) <= tol and rel_err(ga, ga_ref) <= tol
 
 
 @pytest.mark.slow
@@ -254,12 +305,14 @@ def test_strided_inputs_without_a_layout_copy(boundary):
     assert autoregressive2d(cl, alpha, boundary, backend="triton").is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("boundary, dtype, fused_elements, block", [
-    ("zeros", torch.float64, FUSED, 4), ("circular", torch.float32, 32, 8),
-    pytest.param("circular", torch.float64, 32, 4, marks=pytest.mark.slow),
-    pytest.param("zeros", torch.float32, FUSED, 8, marks=pytest.mark.slow)],
-    ids=["fused-fp64-zeros", "two-pass-fp32-circular", "two-pass-fp64-circular", "fused-fp32-zeros"])
-def test_channels_last_programs_hold_channel_blocks(boundary, dtype, fused_elements, block):
+@pytest.mark.parametrize("boundary, dtype, fused_elements, block, walk_elements", [
+    ("zeros", torch.float64, FUSED, 4, 0), ("circular", torch.float32, 32, 8, 0),
+    ("zeros", torch.float32, 32, 8, 1 << 20),
+    pytest.param("circular", torch.float64, 32, 4, 0, marks=pytest.mark.slow),
+    pytest.param("zeros", torch.float32, FUSED, 8, 0, marks=pytest.mark.slow)],
+    ids=["fused-fp64-zeros", "two-pass-fp32-circular", "walk-fp32-zeros", "two-pass-fp64-circular",
+         "fused-fp32-zeros"])
+def test_channels_last_programs_hold_channel_blocks(boundary, dtype, fused_elements, block, walk_elements):
     """channels_last: a program holds a sector's worth of channels (4 float64, 8 float32); 11
     channels leave a partial last block; Q = 2, d = 2. Values, dX and every channel's tap
     gradients equal the NCHW run's (the same arithmetic per channel) and match the reference."""
@@ -270,9 +323,10 @@ def test_channels_last_programs_hold_channel_blocks(boundary, dtype, fused_eleme
     x_cl = x.contiguous(memory_format=torch.channels_last)
     assert ar_solve_triton.channel_block(x_cl) == block and ar_solve_triton.channel_block(x) == 1
     fused_elements = fused_elements or ar_solve_triton.Tiling().fused_elements
-    y, gx, ga = _triton(x, alpha.to(dtype), grad_out, boundary, 2, fused_elements=fused_elements)
+    y, gx, ga = _triton(x, alpha.to(dtype), grad_out, boundary, 2, fused_elements=fused_elements,
+                        walk_elements=walk_elements)
     y_cl, gx_cl, ga_cl = _triton(x_cl, alpha.to(dtype), grad_out.contiguous(memory_format=torch.channels_last),
-                                 boundary, 2, fused_elements=fused_elements)
+                                 boundary, 2, fused_elements=fused_elements, walk_elements=walk_elements)
     assert y_cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(y_cl, y) and torch.equal(gx_cl, gx)
     # tap gradients: the same products, summed in another order across programs
     eps = EPS64 if dtype == torch.float64 else EPS32
@@ -282,32 +336,43 @@ def test_channels_last_programs_hold_channel_blocks(boundary, dtype, fused_eleme
     assert rel_err(y_cl, y_ref) <= tol and rel_err(gx_cl, gx_ref) <= tol and rel_err(ga_cl, ga_ref) <= tol
 
 
-@pytest.mark.parametrize("shape, dtype, q, one_program, warps", [
-    ((64, 64), torch.float32, 1, True, 8), ((64, 128), torch.float32, 1, False, 8),
-    ((128, 128), torch.bfloat16, 2, False, 8), ((64, 64), torch.float32, 3, False, 8),
-    ((32, 64), torch.float32, 3, True, 8), ((64, 64), torch.float64, 1, False, 8),
-    ((32, 64), torch.float64, 1, True, 8)])
-def test_default_plan_keeps_tiles_within_registers(shape, dtype, q, one_program, warps):
+@pytest.mark.parametrize("shape, channels, dtype, q, plan, warps", [
+    ((64, 64), 1, torch.float32, 1, "one program", 8), ((64, 128), 1, torch.float32, 1, "walk", 8),
+    ((128, 128), 1, torch.bfloat16, 2, "walk", 8), ((128, 256), 1, torch.float32, 1, "two passes", 8),
+    ((64, 64), 1, torch.float32, 3, "walk", 8), ((32, 64), 1, torch.float32, 3, "one program", 8),
+    ((128, 128), 1, torch.float64, 1, "two passes", 8), ((32, 64), 1, torch.float64, 1, "one program", 8),
+    ((32, 64), 8, torch.float32, 1, "walk", 8), ((64, 64), 8, torch.float32, 1, "two passes", 8)])
+def test_default_plan_keeps_tiles_within_registers(shape, channels, dtype, q, plan, warps):
     """One program per map up to 4096 float32 elements (2048 when an element weighs twice:
     float64, or Q > 2), about 64 bytes of weight per thread: the sizes whose sm_90 binaries
-    do not spill (docs/benchmarks.md); larger maps take one pass per axis."""
-    x = torch.empty(1, 1, *shape, dtype=dtype)
-    plan = ar_solve_triton._plan_for(x, "zeros", 1, q, ar_solve_triton.Tiling())
-    assert (len(plan) == 1) == one_program
+    do not spill (docs/benchmarks.md); one program walking its plane up to 16384 elements
+    (with a channels_last program's 8 channels), whose re-reads stay in L2, its gradient tiles
+    (which set the warps) as the passes', its solve tiles twice as large; larger maps take one
+    pass per axis."""
+    x = torch.empty(1, channels, *shape, dtype=dtype)
+    if channels > 1:
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps = ar_solve_triton._plan_for(x, "zeros", 1, q, ar_solve_triton.Tiling())
+    kinds = {"one program": [ar_solve_triton._Pass], "walk": [ar_solve_triton._Walk],
+             "two passes": [ar_solve_triton._Pass] * 2}
+    assert [type(step) for step in steps] == kinds[plan]
     weight = ar_solve_triton.register_weight(torch.float64.itemsize if dtype == torch.float64 else 4, q)
-    assert all(ar_solve_triton.warps_for(step.elements(), None, weight) == warps for step in plan)
-    assert all(step.elements() * weight <= 4096 * 4 for step in plan)
+    assert all(ar_solve_triton.warps_for(step.elements(), None, weight) == warps for step in steps)
+    assert all(step.elements() * weight <= warps * 32 * 64 for step in steps)
+    if plan == "walk":
+        (walk,) = steps
+        assert walk.solve_h.elements() <= 2 * walk.grad_h.elements() and walk.grad_h.elements() * weight <= 4096 * 4
 
 
 @pytest.mark.parametrize("dtype, boundary", [(torch.bfloat16, "zeros"), (torch.float32, "circular")])
 def test_two_pass_solves_save_their_state(dtype, boundary):
-    """A map too large for one program (8 channels_last channels of 33×40 at the default
-    limit): autograd saves the first pass's output (float32, x's layout), and X only when X is
+    """A map too large for one program or a walk (8 channels_last channels of 48×48 at the
+    default limits): autograd saves the first pass's output (float32, x's layout), and X only when X is
     narrower (its H pass then reads X at half the bytes); the fake kernel predicts the state,
     and the backward gives the reference's gradients even after an in-place ReLU on Y."""
     gen = torch.Generator().manual_seed(10)
     alpha = torch.randn(8, 1, 4, generator=gen, dtype=torch.float64)
-    x = torch.randn(1, 8, 33, 40, generator=gen).to(dtype, memory_format=torch.channels_last)
+    x = torch.randn(1, 8, 48, 48, generator=gen).to(dtype, memory_format=torch.channels_last)
     assert ar_solve_triton.keeps_state(x, boundary, 1, alpha.shape[1])
     saved = []
     x_leaf = x.clone().requires_grad_()
@@ -355,7 +420,7 @@ def test_inplace_op_on_output_keeps_gradients_right(boundary):
     assert rel_err(x.grad, x_ref.grad) < 1e-11 and rel_err(alpha.grad, alpha_ref.grad) < 1e-11
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 3, 4), pytest.param((1, 8, 33, 40), marks=pytest.mark.slow)],
+@pytest.mark.parametrize("shape", [(1, 3, 3, 4), pytest.param((1, 8, 48, 48), marks=pytest.mark.slow)],
                          ids=["one-program", "two-pass-state"])
 def test_compile_fullgraph_with_fake_tensors(monkeypatch, shape):
     """The custom op is opaque to torch.compile; its fake (meta) functions must give the real

@@ -60,6 +60,14 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
                       **step.constants())
         options = dict(num_warps=host.warps_for(step.elements(), None, weight))
         name = f"{h}x{w} d{dilation} {'circular' if circular else 'zeros'} {data} Q{q} {step.constants()}"
+        if isinstance(step, host._Walk):  # X and dY in, Y and dX out, a float32 (float64) work buffer
+            forward = usage(kernels.walked_forward_kernel, dict(src=data, work=work, dst=data, alpha=data), consts,
+                            options)
+            backward = usage(kernels.walked_backward_kernel,
+                             dict(src=data, grad=data, work=work, dst=data, alpha=data, partial=work),
+                             dict(consts, **step.constants(backward=True)), options)
+            rows += [(name + " forward", forward), (name + " backward", backward)]
+            continue
         # the pointer types of the host's launches: a two-pass plan's H pass writes the float32
         # (float64) state, its W pass reads it; the backward's W pass reads the state and writes
         # its gradient, which the H pass reads with X if X is narrower (else the state: SRC_SOLVED)

@@ -38,17 +38,23 @@ SECTOR_BYTES = 32
 @dataclass(frozen=True)
 class Tiling:
     """The plan's knobs, in float32 elements (float64 tiles hold half as many): a padded tile of
-    at most ``fused_elements`` is solved by one program along both axes; larger maps take one
-    pass per axis with tiles of about ``pass_elements``; a line longer than ``line_positions``
-    (padded, all chains), or than ``line_elements`` with the channels of a program, is walked
-    in chunks, tiles of ``chunk_elements``; ``num_warps`` per program (default:
-    :func:`warps_for`). The limits shrink by :func:`register_weight` (float64, Q > 2).
+    at most ``fused_elements`` is solved by one program along both axes; a plane of at most
+    ``walk_elements`` (with a program's channels) by one program walking it in tiles, about
+    ``walk_solve_elements`` for its solves and ``pass_elements`` for its gradients; larger maps
+    take one pass per axis with tiles of about ``pass_elements``; a line longer than
+    ``line_positions`` (padded, all chains), or than ``line_elements`` with the channels of a
+    program, is walked in chunks, tiles of ``chunk_elements``; ``num_warps`` per program
+    (default: :func:`warps_for`). The limits shrink by :func:`register_weight` (float64, Q > 2).
 
     Measured by compiling for sm_90 (docs/benchmarks.md): the backward of a one-program
     128×128 plane spills over 1 MB per program to local memory (64×128: 74 KB), of a whole line
     of 2048 positions at any warp count; 4096-element planes and passes, lines up to 1024
-    positions and 1024-element chunks do not spill."""
+    positions and 1024-element chunks do not spill, nor walks of 8192-element solves and
+    4096-element gradients at 8 warps. A walk's program re-reads what it wrote: 16384 float32
+    elements are 64 KB a tensor, so the plane a program works on stays in L2."""
     fused_elements: int = 4096
+    walk_elements: int = 16384
+    walk_solve_elements: int = 8192
     pass_elements: int = 4096
     line_positions: int = 1024
     line_elements: int = 4096
@@ -59,6 +65,8 @@ class Tiling:
         """The element limits for a solve of register ``weight`` (:func:`register_weight`)."""
         shrink = max(weight // 4, 1)
         return replace(self, fused_elements=self.fused_elements // shrink,
+                       walk_elements=self.walk_elements // shrink,
+                       walk_solve_elements=self.walk_solve_elements // shrink,
                        pass_elements=self.pass_elements // shrink, line_elements=self.line_elements // shrink,
                        chunk_elements=self.chunk_elements // shrink)
 
@@ -124,6 +132,38 @@ class _ChunkedPass:
         return self.rows * self.length * self.chains.chains * self.channels
 
 
+@dataclass(frozen=True)
+class _Walk:
+    """A launch of ``walked_forward_kernel``/``walked_backward_kernel``: one program per plane
+    (block of channels) walks the tiles of an H pass, then those of a W pass, through a
+    buffer: ``solve_h``/``solve_w`` for the solves, ``grad_h``/``grad_w`` (smaller: the
+    backward holds more per element) for the gradients."""
+    solve_h: _Pass
+    solve_w: _Pass
+    grad_h: _Pass
+    grad_w: _Pass
+    blocks = 1  # programs per channel block
+
+    @property
+    def channels(self) -> int:
+        return self.solve_h.channels
+
+    def constants(self, backward: bool = False) -> dict:
+        consts = dict(LH=self.solve_h.tile_h.length, CHH=self.solve_h.tile_h.chains, BW=self.solve_h.tile_w.length,
+                      BH=self.solve_w.tile_h.length, LW=self.solve_w.tile_w.length, CHW=self.solve_w.tile_w.chains,
+                      CB=self.channels)
+        return dict(consts, GBW=self.grad_h.tile_w.length, GBH=self.grad_w.tile_h.length) if backward else consts
+
+    def sizes(self, backward: bool = False) -> tuple[int, ...]:
+        """The tiles along W of the H passes and along H of the W passes."""
+        blocks = (self.solve_h.blocks, self.solve_w.blocks)
+        return blocks + (self.grad_h.blocks, self.grad_w.blocks) if backward else blocks
+
+    def elements(self) -> int:
+        """The gradient tiles' elements: they set the warps (:func:`warps_for`)."""
+        return max(self.grad_h.elements(), self.grad_w.elements())
+
+
 def channel_block(x: torch.Tensor, element_size: int | None = None) -> int:
     """Channels per program: 1 unless C is ``x``'s fastest axis (channels_last), then enough
     channels of ``element_size`` bytes (``x``'s) to fill a 32-byte sector (at most C, rounded
@@ -151,19 +191,25 @@ def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector
 
 
 def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_elements: int,
-          tiling: Tiling) -> list[_Pass | _ChunkedPass]:
+          tiling: Tiling) -> list[_Pass | _ChunkedPass | _Walk]:
     """One fused pass if the padded tile fits ``fused_elements`` and both axes' lines are short
-    enough to be held whole, else an H pass then a W pass."""
+    enough to be held whole; else one walk if the plane's elements (with the program's
+    channels) fit ``walk_elements`` and its lines are held whole; else an H pass then a W pass."""
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
     fused = _Pass(True, True, axis_h, axis_w, channels, 1)
     if fused.elements() <= tiling.fused_elements and all(tiling.whole(axis, 1) for axis in (axis_h, axis_w)):
         return [fused]
-    return [_axis_pass(True, axis_h, w, channels, sector_elements, tiling),
-            _axis_pass(False, axis_w, h, channels, sector_elements, tiling)]
+    passes = [_axis_pass(True, axis_h, w, channels, sector_elements, tiling),
+              _axis_pass(False, axis_w, h, channels, sector_elements, tiling)]
+    if h * w * channels <= tiling.walk_elements and all(isinstance(step, _Pass) for step in passes):
+        solve_tiling = replace(tiling, pass_elements=tiling.walk_solve_elements)
+        return [_Walk(_axis_pass(True, axis_h, w, channels, sector_elements, solve_tiling),
+                      _axis_pass(False, axis_w, h, channels, sector_elements, solve_tiling), *passes)]
+    return passes
 
 
 def _plan_for(x: torch.Tensor, boundary: str, dilation: int, q: int, tiling: Tiling,
-              element_size: int | None = None) -> list[_Pass | _ChunkedPass]:
+              element_size: int | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
     size = element_size or x.element_size()
     return _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x, size),
                  max(SECTOR_BYTES // size, 1), tiling.for_solve(register_weight(_accumulation_dtype(x).itemsize, q)))
@@ -203,17 +249,21 @@ def _line_strides(t: torch.Tensor, solve_h: bool) -> tuple[int, int, int, int]:
 
 
 def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
-            step: _Pass | _ChunkedPass, num_warps: int | None):
+            step: _Pass | _ChunkedPass | _Walk, num_warps: int | None, backward: bool = False):
     """Grid, size arguments, constants and warps of a launch of ``step`` on ``x``."""
     b, c, h, w = x.shape
+    step_consts = step.constants()
     if isinstance(step, _ChunkedPass):
         rows, n = (w, h) if step.solve_h else (h, w)
         args = (c, rows, n, dilation, step.chains.n_chains, step.chunks)
+    elif isinstance(step, _Walk):
+        args = (c, h, w, dilation, step.solve_h.tile_h.n_chains, step.solve_w.tile_w.n_chains, *step.sizes(backward))
+        step_consts = step.constants(backward)
     else:
         args = (c, h, w, dilation, step.tile_h.n_chains, step.tile_w.n_chains)
     q = alpha.shape[1]
     consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=boundary == "circular", REPARAM=reparam,
-                  ACC=_accumulator(x), **step.constants())
+                  ACC=_accumulator(x), **step_consts)
     warps = warps_for(step.elements(), num_warps, register_weight(_accumulation_dtype(x).itemsize, q))
     return (b * triton.cdiv(c, step.channels), step.blocks), args, consts, warps
 
@@ -226,9 +276,19 @@ def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warp
         chunk_kernels.chunked_forward_kernel[grid](
             src, dst, work, alpha, *args, *_line_strides(src, step.solve_h), *_line_strides(dst, step.solve_h),
             *_line_strides(work, step.solve_h), **consts, num_warps=warps)
+    elif isinstance(step, _Walk):
+        work = _work_buffer(dst, _accumulation_dtype(src))
+        kernels.walked_forward_kernel[grid](src, work, dst, alpha, *args, *src.stride(), *work.stride(),
+                                            *dst.stride(), **consts, num_warps=warps)
     else:
         kernels.forward_kernel[grid](src, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
                                      num_warps=warps)
+
+
+def _work_buffer(out: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """A walk's buffer: ``out`` itself when it holds the accumulation type ``acc`` (the walk
+    writes it last), else an ``acc`` buffer in its layout."""
+    return out if out.dtype == acc else torch.empty_like(out, dtype=acc)
 
 
 def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
@@ -252,13 +312,18 @@ def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam
 
 def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, num_warps,
                      src_solved=False):
-    grid, args, consts, warps = _common(src, alpha, boundary, reparam, dilation, step, num_warps)
+    grid, args, consts, warps = _common(src, alpha, boundary, reparam, dilation, step, num_warps, backward=True)
     if isinstance(step, _ChunkedPass):
         work_y, work_z, work_g = (torch.empty_like(src, dtype=partial.dtype) for _ in range(3))
         chunk_kernels.chunked_backward_kernel[grid](
             src, grad, dst, work_y, work_z, work_g, alpha, partial, *args, row0, partial.shape[1],
             *(stride for t in (src, grad, dst, work_y) for stride in _line_strides(t, step.solve_h)),
             **consts, SRC_SOLVED=src_solved, num_warps=warps)
+    elif isinstance(step, _Walk):
+        work = _work_buffer(dst, partial.dtype)
+        kernels.walked_backward_kernel[grid](src, grad, work, dst, alpha, partial, *args, partial.shape[1],
+                                             *src.stride(), *grad.stride(), *work.stride(), *dst.stride(),
+                                             **consts, num_warps=warps)
     else:
         kernels.backward_kernel[grid](src, grad, dst, alpha, partial, *args, row0, partial.shape[1],
                                       *src.stride(), *grad.stride(), *dst.stride(), **consts,

@@ -129,10 +129,11 @@ def chain_positions(n, dilation, n_chains, j, r, CIRCULAR: tl.constexpr):
 
 
 @triton.jit
-def _axis(n, dilation, n_chains, block0, SOLVED: tl.constexpr, CIRCULAR: tl.constexpr,
+def _axis(n, dilation, n_chains, block0, opaque_zero, SOLVED: tl.constexpr, CIRCULAR: tl.constexpr,
           L: tl.constexpr, CH: tl.constexpr):
-    """``(position, inside, j, chain length)`` of one tile axis, each ``[L, CH]``."""
-    j = tl.arange(0, L)[:, None]
+    """``(position, inside, j, chain length)`` of one tile axis, each ``[L, CH]``; ``j`` offset by
+    ``opaque_zero`` (:func:`_tile`)."""
+    j = tl.arange(0, L)[:, None] + opaque_zero
     r = tl.arange(0, CH)[None, :]
     if SOLVED:
         pos, m = chain_positions(n, dilation, n_chains, j, r, CIRCULAR)
@@ -226,21 +227,29 @@ def _solve_factors(t, taps, j_h, m_h, j_w, m_w, inside, Q: tl.constexpr, SOLVE_H
 
 
 @triton.jit
-def _tile(C, H, W, dilation, chains_h, chains_w, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
-          CIRCULAR: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr,
-          CB: tl.constexpr):
-    """Program → (batch, channels ``[CB]`` and their mask, H and W positions and chain indices
-    as 5-D tiles, mask)."""
+def _program_channels(C, CB: tl.constexpr):
+    """Program → (batch, its channels ``[CB]``, their mask)."""
     plane = tl.program_id(0)
-    block = tl.program_id(1)
     channel_blocks = tl.cdiv(C, CB)
     b = (plane // channel_blocks).to(tl.int64)
     c = (plane % channel_blocks) * CB + tl.arange(0, CB)
-    c_inside = c < C
-    pos_h, in_h, j_h, m_h = _axis(H, dilation, chains_h, block * LH, SOLVE_H, CIRCULAR, LH, CHH)
-    pos_w, in_w, j_w, m_w = _axis(W, dilation, chains_w, block * LW, SOLVE_W, CIRCULAR, LW, CHW)
+    return b, c, c < C
+
+
+@triton.jit
+def _tile(c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero, SOLVE_H: tl.constexpr,
+          SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr,
+          CHW: tl.constexpr):
+    """Tile ``block`` along the axis not solved → (H and W positions and chain indices as 5-D
+    tiles, mask). ``opaque_zero``: 0 where the compiler cannot see it, in a program that walks
+    tiles in a loop: the chain indices and every boundary coefficient made from them are then
+    computed per tile, not hoisted out of the loop and held in registers through it (on sm_90
+    that hoisting spilled a 128² walk's backward)."""
+    zero = opaque_zero * block  # varies with the loop's block, as far as the compiler knows
+    pos_h, in_h, j_h, m_h = _axis(H, dilation, chains_h, block * LH, zero, SOLVE_H, CIRCULAR, LH, CHH)
+    pos_w, in_w, j_w, m_w = _axis(W, dilation, chains_w, block * LW, zero, SOLVE_W, CIRCULAR, LW, CHW)
     mask = in_h[:, :, None, None, None] & in_w[None, None, :, :, None] & c_inside[None, None, None, None, :]
-    return (b, c, c_inside, pos_h[:, :, None, None, None].to(tl.int64), pos_w[None, None, :, :, None].to(tl.int64),
+    return (pos_h[:, :, None, None, None].to(tl.int64), pos_w[None, None, :, :, None].to(tl.int64),
             j_h[:, :, None, None, None], m_h[:, :, None, None, None], j_w[None, None, :, :, None],
             m_w[None, None, :, :, None], mask)
 
@@ -249,49 +258,48 @@ _SIZES = ["C", "H", "W", "dilation", "chains_h", "chains_w"]
 _STRIDES = ["sb", "sc", "sh", "sw"]
 
 
+def _strides(*pointers: str) -> list[str]:
+    return [f"{p}_{s}" for p in pointers for s in _STRIDES]
+
+
 @triton.jit
 def _offsets(b, c, pos_h, pos_w, sb, sc, sh, sw):
     return b * sb + c[None, None, None, None, :].to(tl.int64) * sc + pos_h * sh + pos_w * sw
 
 
-@triton.jit(do_not_specialize=_SIZES + [f"{p}_{s}" for p in ("src", "dst") for s in _STRIDES])
-def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
-                   src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                   Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
-                   CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
-                   LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
-    """``dst = `` the Q factors along the solved axes applied to ``src``: one read, one write."""
-    b, c, c_inside, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w,
-                                                                   SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW, CB)
-    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+@triton.jit
+def _forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+                  src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                  Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
+                  ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr):
+    """``dst = `` the Q factors along the solved axes applied to ``src``, on tile ``block``."""
+    pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(c_inside, H, W, dilation, chains_h, chains_w, block,
+                                                   opaque_zero, SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
     t = tl.load(src + _offsets(b, c, pos_h, pos_w, src_sb, src_sc, src_sh, src_sw), mask=mask, other=0.0).to(ACC)
     t = _solve_factors(t, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
     tl.store(dst + _offsets(b, c, pos_h, pos_w, dst_sb, dst_sc, dst_sh, dst_sw), t.to(dst.dtype.element_ty),
              mask=mask)
 
 
-@triton.jit(do_not_specialize=_SIZES + ["row0", "rows"]
-            + [f"{p}_{s}" for p in ("src", "grad", "dst") for s in _STRIDES])
-def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w, row0, rows,
-                    src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                    dst_sb, dst_sc, dst_sh, dst_sw,
-                    Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
-                    CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
-                    LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr, SRC_SOLVED: tl.constexpr):
-    """Thm 4 for the solved axes: ``src`` is the input of their factors (their output if
-    ``SRC_SOLVED``), ``grad`` the gradient of their output, ``dst`` receives the gradient of
-    their input. The program's tap
-    gradients go to row ``row0 + b·rows_per_batch + block`` of ``partial`` ``[C, rows, Q·4]``,
-    one row per channel (taps of an axis it does not solve: 0)."""
-    b, c, c_inside, pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(C, H, W, dilation, chains_h, chains_w,
-                                                                   SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW, CB)
-    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+@triton.jit
+def _backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+                   src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                   dst_sb, dst_sc, dst_sh, dst_sw,
+                   Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
+                   CIRCULAR: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                   LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr, SRC_SOLVED: tl.constexpr):
+    """Thm 4 for the solved axes on tile ``block``: ``src`` is the input of their factors (their
+    output if ``SRC_SOLVED``), ``grad`` the gradient of their output, ``dst`` receives the
+    gradient of their input (``dst`` may be ``grad`` or ``src``: each tile is read before it is
+    written). Returns the tile's tap gradients ``[CB, QP·4]`` (0 for an axis not solved)."""
+    pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(c_inside, H, W, dilation, chains_h, chains_w, block,
+                                                   opaque_zero, SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
     y = tl.load(src + _offsets(b, c, pos_h, pos_w, src_sb, src_sc, src_sh, src_sw), mask=mask, other=0.0).to(ACC)
     if not SRC_SOLVED:
         y = _solve_factors(y, taps, j_h, m_h, j_w, m_w, mask, Q, SOLVE_H, SOLVE_W, CIRCULAR)
     g = tl.load(grad + _offsets(b, c, pos_h, pos_w, grad_sb, grad_sc, grad_sh, grad_sw), mask=mask,
                 other=0.0).to(ACC)
-    grads = tl.zeros([CB, QP * 4], ACC)  # d taps, in the taps' layout; 0 for an axis not solved here
+    grads = tl.zeros([CB, QP * 4], ACC)  # d taps, in the taps' layout
     for k in tl.static_range(Q):
         q = Q - 1 - k
         if SOLVE_W:
@@ -302,11 +310,113 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
             g, grad_left, grad_right, y = _factor_backward(y, g, j_h, m_h, mask, _tile_tap(taps, 4 * q),
                                                            _tile_tap(taps, 4 * q + 1), 0, CIRCULAR)
             grads = with_tap(with_tap(grads, 4 * q, grad_left), 4 * q + 1, grad_right)
-    cols = tl.arange(0, QP * 4)[None, :]
-    row = c[:, None].to(tl.int64) * rows + row0 + b * tl.num_programs(1) + tl.program_id(1)
-    tl.store(partial + row * (4 * Q) + cols, grads, mask=(cols < 4 * Q) & c_inside[:, None])
     tl.store(dst + _offsets(b, c, pos_h, pos_w, dst_sb, dst_sc, dst_sh, dst_sw), g.to(dst.dtype.element_ty),
              mask=mask)
+    return grads
+
+
+@triton.jit
+def _store_partial(partial, grads, c, c_inside, row, rows, Q: tl.constexpr, QP: tl.constexpr):
+    """A program's tap gradients ``[CB, QP·4]`` to row ``row`` of ``partial`` ``[C, rows, Q·4]``."""
+    cols = tl.arange(0, QP * 4)[None, :]
+    tl.store(partial + (c[:, None].to(tl.int64) * rows + row) * (4 * Q) + cols, grads,
+             mask=(cols < 4 * Q) & c_inside[:, None])
+
+
+@triton.jit(do_not_specialize=_SIZES + _strides("src", "dst"))
+def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
+                   src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                   Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
+                   CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                   LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
+    """``dst = `` the Q factors along the solved axes applied to ``src``: one read, one write."""
+    b, c, c_inside = _program_channels(C, CB)
+    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    _forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, tl.program_id(1), 0,
+                  src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                  Q, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW)
+
+
+@triton.jit(do_not_specialize=_SIZES + ["row0", "rows"] + _strides("src", "grad", "dst"))
+def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w, row0, rows,
+                    src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                    dst_sb, dst_sc, dst_sh, dst_sw,
+                    Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
+                    CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                    LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr, SRC_SOLVED: tl.constexpr):
+    """:func:`_backward_tile` on the program's tile; its tap gradients go to row ``row0 +
+    b·rows_per_batch + block`` of ``partial`` ``[C, rows, Q·4]``, one row per channel."""
+    b, c, c_inside = _program_channels(C, CB)
+    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    grads = _backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w,
+                           tl.program_id(1), 0, src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                           dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW,
+                           CB, SRC_SOLVED)
+    _store_partial(partial, grads, c, c_inside, row0 + b * tl.num_programs(1) + tl.program_id(1), rows, Q, QP)
+
+
+@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w"] + _strides("src", "work", "dst"))
+def walked_forward_kernel(src, work, dst, alpha, C, H, W, dilation, chains_h, chains_w, blocks_h, blocks_w,
+                          src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                          dst_sb, dst_sc, dst_sh, dst_sw,
+                          Q: tl.constexpr, QP: tl.constexpr, CIRCULAR: tl.constexpr, REPARAM: tl.constexpr,
+                          ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, BW: tl.constexpr,
+                          BH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
+    """One program per plane (block of ``CB`` channels; the grid has one program along axis 1)
+    walks it in tiles: the H factors on ``blocks_h`` tiles ``[H, BW]``, ``src`` to ``work``
+    (float32/float64; may be ``dst``), then, behind a barrier, the W factors on ``blocks_w``
+    tiles ``[BH, W]``, ``work`` to ``dst``. The program re-reads only what it wrote."""
+    b, c, c_inside = _program_channels(C, CB)
+    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    opaque_zero = tl.program_id(1)
+    for block in range(blocks_h):
+        _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+                      src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                      Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
+    tl.debug_barrier()
+    for block in range(blocks_w):
+        _forward_tile(work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+                      work_sb, work_sc, work_sh, work_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                      Q, False, True, CIRCULAR, ACC, BH, 1, LW, CHW)
+
+
+@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w", "grad_blocks_h", "grad_blocks_w", "rows"]
+            + _strides("src", "grad", "work", "dst"))
+def walked_backward_kernel(src, grad, work, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w,
+                           blocks_h, blocks_w, grad_blocks_h, grad_blocks_w, rows,
+                           src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                           work_sb, work_sc, work_sh, work_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                           Q: tl.constexpr, QP: tl.constexpr, CIRCULAR: tl.constexpr, REPARAM: tl.constexpr,
+                           ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, BW: tl.constexpr,
+                           BH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr,
+                           GBW: tl.constexpr, GBH: tl.constexpr):
+    """Thm 4 from ``src`` (the solve's input X), walking the plane as
+    :func:`walked_forward_kernel` does, through ``work`` (float32/float64; may be ``dst``), in
+    three phases behind barriers: the H factors' output into ``work`` (``[H, BW]`` tiles); the
+    W factors' backward from it and ``grad``, their input's gradient written over it (``[GBH,
+    W]`` tiles); the H factors' backward from X and that gradient, into ``dst`` (``[H, GBW]``
+    tiles). One row of ``partial`` per program."""
+    b, c, c_inside = _program_channels(C, CB)
+    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
+    opaque_zero = tl.program_id(1)
+    for block in range(blocks_h):
+        _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+                      src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                      Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
+    tl.debug_barrier()
+    grads = tl.zeros([CB, QP * 4], ACC)
+    for block in range(grad_blocks_w):
+        grads += _backward_tile(work, grad, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
+                                opaque_zero, work_sb, work_sc, work_sh, work_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                                work_sb, work_sc, work_sh, work_sw, Q, QP, False, True, CIRCULAR, ACC, GBH, 1, LW,
+                                CHW, CB, False)
+    tl.debug_barrier()
+    for block in range(grad_blocks_h):
+        grads += _backward_tile(src, work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
+                                opaque_zero, src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, True, False, CIRCULAR, ACC, LH, CHH, GBW, 1,
+                                CB, False)
+    _store_partial(partial, grads, c, c_inside, b, rows, Q, QP)
 
 
 @triton.jit(do_not_specialize=["rows"])
