@@ -10,8 +10,8 @@ so that a killed run keeps what it measured):
    boundaries interleaved case by case; float64, float32 and bfloat16; then channels_last +
    bf16 autocast,
    ``torch.compile(fullgraph=True)`` and CUDA graphs (each behind the budget guard);
-3. the triton plan variants (fused-tile limit × elements per pass × line length before chunks ×
-   warps), the most promising first, at 8×64×128², fwd+bwd, each checked against the
+3. the triton plan variants (fused-tile limit × walked-plane limit × elements per pass × line
+   length before chunks × warps), the most promising first, at 8×64×128², fwd+bwd, each checked against the
    default's numbers;
 4. a per-kernel profile (``torch.profiler``) of one triton layer fwd+bwd at 8×64×128²;
 5. the layer table: fwd+bwd median, conv3x3 vs AR per backend vs the released algorithm vs
@@ -85,12 +85,14 @@ class Setup:
                                                     (2, 4100))
         self.check_batch, self.check_channels = (1, 2) if smoke else (2, 3)
         self.layout_shape = (1, 2, 4, 5) if smoke else (2, 8, 12, 10)
-        # (largest tile solved by one program, elements per program of a pass, longest line
-        # (positions) held whole, warps; None: default)
-        # the default first, then the one-program plane that spills (16 384, 8192 elements)
-        self.variants = [(4096, 4096, 1024, None), (8, 4, 2, None)] if smoke else [
-            (4096, 4096, 1024, None), (16384, 4096, 1024, None), (16384, 4096, 1024, 32), (8192, 4096, 1024, None),
-            (4096, 2048, 1024, None), (4096, 8192, 1024, 16), (4096, 4096, 64, None)]
+        # (largest tile solved by one program, largest plane walked by one program, elements
+        # per program of a pass, longest line (positions) held whole, warps; None: default)
+        # the default (a walk at 128²) first, then two passes (no walk), then the one-program
+        # plane that spills (16 384 elements)
+        self.variants = [(4096, 16384, 4096, 1024, None), (8, 0, 4, 2, None), (8, 1 << 20, 4, 1024, None)] if smoke \
+            else [(4096, 16384, 4096, 1024, None), (4096, 0, 4096, 1024, None), (16384, 16384, 4096, 1024, None),
+                  (16384, 16384, 4096, 1024, 32), (4096, 0, 2048, 1024, None), (4096, 0, 8192, 1024, 16),
+                  (4096, 0, 4096, 64, None)]
         self.variant_shape = (1, 1, 3, 4) if smoke else (8, 64, 128, 128)
         # (B, C, H, W, memory format)
         self.layer_shapes = ((2, 16, 32, 32, "channels_last"),) if smoke else (
@@ -239,8 +241,8 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
     grad = torch.randn_like(x)
     alpha = 0.5 * torch.randn(setup.variant_shape[1], 1, 4, device=setup.device)
 
-    def run(fused: int, per_pass: int, line: int, warps: int | None) -> list[torch.Tensor]:
-        tiling = Tiling(fused_elements=fused, pass_elements=per_pass, line_positions=line,
+    def run(fused: int, walk: int, per_pass: int, line: int, warps: int | None) -> list[torch.Tensor]:
+        tiling = Tiling(fused_elements=fused, walk_elements=walk, pass_elements=per_pass, line_positions=line,
                         chunk_elements=min(line, Tiling().chunk_elements), num_warps=warps)
         y, state = triton_ar_solve(x, alpha, "circular", True, 1, tiling)
         return [y, *triton_ar_solve_backward(grad, x if state is None else None, alpha, "circular", True, 1, state,
@@ -254,9 +256,9 @@ def pick_variant(setup: Setup, budget: Budget, results: dict) -> bool:
         same = max(rel_err(a, b) for a, b in zip(run(*variant), default)) < 1e-6
         ms = median_ms(lambda: run(*variant), setup.device, setup.repeats, setup.warmup)
         rows.append([*variant, ms, "ok" if same else "MISMATCH (excluded)"])
-    print(format_table(["fused elements", "pass elements", "line positions", "warps", "ms", "vs default"], rows,
-                       float_format=".3f"))
-    header = ["fused_elements", "pass_elements", "line_positions", "num_warps", "ms", "status"]
+    print(format_table(["fused elements", "walk elements", "pass elements", "line positions", "warps", "ms",
+                        "vs default"], rows, float_format=".3f"))
+    header = ["fused_elements", "walk_elements", "pass_elements", "line_positions", "num_warps", "ms", "status"]
     results["variants"] = [dict(zip(header, r)) for r in rows]
     return all(r[-1] == "ok" for r in rows)
 

@@ -53,14 +53,18 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
     limits = {key: value for key, value in dict(fused_elements=fused, pass_elements=per_pass).items() if value}
     tiling = host.Tiling(**limits, **lines)
     weight = host.register_weight(8 if data == "fp64" else 4, q)
-    plan = host._plan(h, w, dilation, circular, channels, sector, tiling.for_solve(weight))
+    walk_weight = host.register_weight(4, q, walk=True)
+    plan = host._plan(h, w, dilation, circular, channels, sector, tiling.for_solve(weight),
+                      tiling.for_solve(walk_weight) if data == "fp32" else None)  # walks: float32 only
     two_pass = len(plan) == 2
     for step in plan:
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
                       **step.constants())
-        options = dict(num_warps=host.warps_for(step.elements(), None, weight))
+        walk = isinstance(step, host._Walk)
+        warps = host.warps_for(step.elements(), None, walk_weight if walk else weight)
+        options = dict(num_warps=warps, maxnreg=host.walk_registers(warps)) if walk else dict(num_warps=warps)
         name = f"{h}x{w} d{dilation} {'circular' if circular else 'zeros'} {data} Q{q} {step.constants()}"
-        if isinstance(step, host._Walk):  # X and dY in, Y and dX out, a float32 (float64) work buffer
+        if walk:  # X and dY in, Y and dX out, a float32 (float64) work buffer
             forward = usage(kernels.walked_forward_kernel, dict(src=data, work=work, dst=data, alpha=data), consts,
                             options)
             backward = usage(kernels.walked_backward_kernel,

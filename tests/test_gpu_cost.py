@@ -7,9 +7,10 @@ of x), sector efficiency at least 0.75, at most 32 load/store instructions per p
 Q = 2 and 3 the same launches and at most 1 T more per extra factor. 16×16 maps keep the
 interpreter fast and run the one-program plan of NCHW maps up to 64²: one plane per program
 for NCHW (1×2×16×16), a sector's worth of channels per program for channels_last
-(1×16×16×16: 8 float32 or 16 bfloat16 channels, lanes across C). Larger maps (128² in both
-layouts) take two passes, whose traffic floors (10 T in float32, 7.5 T in bfloat16) are
-asserted at 33×33.
+(1×16×16×16: 8 float32 or 16 bfloat16 channels, lanes across C). float32 NCHW planes up to
+128² are walked by one program each (asserted at 128²: 7 T); larger maps, bfloat16 ones and
+channels_last blocks take two passes, whose traffic floors (10 T in float32, 7.5 T in
+bfloat16) are asserted at 33×33.
 """
 from __future__ import annotations
 
@@ -102,3 +103,29 @@ def test_two_pass_maps_start_the_backward_from_the_forward_state(dtype, channels
     assert row["launches"] == 5 and row["torch_ops"] == []
     assert floor <= row["traffic_T"] <= floor + 0.2  # + the partial sums: 2·B·C·(programs per channel)·4 floats
     assert row["sector_efficiency"] >= 0.75 and row["ldst_per_program"] <= 32
+
+
+# float32 forward: X in, Y out, Y's buffer holding the H factors' output between the walk's
+# phases (3 T); backward: X and dY in, dX's buffer holding the H factors' output and then
+# the W factors' input gradient, dX out (4 T). Re-reads of what a launch already touched are
+# not counted again (they hit L2: a 128² plane is 64 KB a tensor).
+def test_walked_128_plane_meets_the_targets_in_float32():
+    """A float32 128² NCHW plane is walked by one program in each direction: 3 launches
+    (forward, backward, tap sums), 7 T, and the backward's tiles keep it within 32 loads and
+    stores per program (its first solve in 2 tiles of 8192 elements, its gradients in 4 of
+    4096 along each axis, the taps and the partial sums: 4 + 12 + 12 + 2)."""
+    row = gpu_cost.layer_cost("new", (1, 1, 128, 128), torch.float32, "nchw", "zeros", 1, 1)
+    assert row["launches"] == 3 and row["torch_ops"] == []
+    assert 7.0 <= row["traffic_T"] <= 7.05  # + the partial sums and the taps
+    assert row["sector_efficiency"] >= 0.95 and row["ldst_per_program"] == 30
+
+
+@pytest.mark.parametrize("q, dilation", [(3, 2), pytest.param(2, 1, marks=pytest.mark.slow)])
+def test_walked_planes_more_factors_same_launches_little_traffic(q, dilation):
+    """A walked float32 64×80 plane: Q = 2, 3 solve every factor in the same programs, in
+    smaller tiles (more loads and stores, the same bytes)."""
+    base = gpu_cost.layer_cost("new", (1, 1, 64, 80), torch.float32, "nchw", "circular", 1, 1)
+    row = gpu_cost.layer_cost("new", (1, 1, 64, 80), torch.float32, "nchw", "circular", q, dilation)
+    assert base["launches"] == row["launches"] == 3
+    assert base["traffic_T"] <= 7.05 and row["traffic_T"] <= base["traffic_T"] + (q - 1)
+    assert row["sector_efficiency"] >= 0.75

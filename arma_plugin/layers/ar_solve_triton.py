@@ -62,10 +62,10 @@ class Tiling:
     num_warps: int | None = None
 
     def for_solve(self, weight: int) -> "Tiling":
-        """The element limits for a solve of register ``weight`` (:func:`register_weight`)."""
+        """The tile limits for a solve of register ``weight`` (:func:`register_weight`); the walked
+        plane's (float32 only: bytes in L2) stays."""
         shrink = max(weight // 4, 1)
         return replace(self, fused_elements=self.fused_elements // shrink,
-                       walk_elements=self.walk_elements // shrink,
                        walk_solve_elements=self.walk_solve_elements // shrink,
                        pass_elements=self.pass_elements // shrink, line_elements=self.line_elements // shrink,
                        chunk_elements=self.chunk_elements // shrink)
@@ -136,32 +136,30 @@ class _ChunkedPass:
 class _Walk:
     """A launch of ``walked_forward_kernel``/``walked_backward_kernel``: one program per plane
     (block of channels) walks the tiles of an H pass, then those of a W pass, through a
-    buffer: ``solve_h``/``solve_w`` for the solves, ``grad_h``/``grad_w`` (smaller: the
-    backward holds more per element) for the gradients."""
+    buffer; the backward's first phase, a solve without gradients, walks ``solve_h``'s wider
+    H tiles (fewer loads and stores per program)."""
+    pass_h: _Pass
+    pass_w: _Pass
     solve_h: _Pass
-    solve_w: _Pass
-    grad_h: _Pass
-    grad_w: _Pass
     blocks = 1  # programs per channel block
 
     @property
     def channels(self) -> int:
-        return self.solve_h.channels
+        return self.pass_h.channels
 
     def constants(self, backward: bool = False) -> dict:
-        consts = dict(LH=self.solve_h.tile_h.length, CHH=self.solve_h.tile_h.chains, BW=self.solve_h.tile_w.length,
-                      BH=self.solve_w.tile_h.length, LW=self.solve_w.tile_w.length, CHW=self.solve_w.tile_w.chains,
+        consts = dict(LH=self.pass_h.tile_h.length, CHH=self.pass_h.tile_h.chains, BW=self.pass_h.tile_w.length,
+                      BH=self.pass_w.tile_h.length, LW=self.pass_w.tile_w.length, CHW=self.pass_w.tile_w.chains,
                       CB=self.channels)
-        return dict(consts, GBW=self.grad_h.tile_w.length, GBH=self.grad_w.tile_h.length) if backward else consts
+        return dict(consts, SBW=self.solve_h.tile_w.length) if backward else consts
 
     def sizes(self, backward: bool = False) -> tuple[int, ...]:
-        """The tiles along W of the H passes and along H of the W passes."""
-        blocks = (self.solve_h.blocks, self.solve_w.blocks)
-        return blocks + (self.grad_h.blocks, self.grad_w.blocks) if backward else blocks
+        """The number of tiles of each phase."""
+        blocks = (self.pass_h.blocks, self.pass_w.blocks)
+        return blocks + (self.solve_h.blocks,) if backward else blocks
 
     def elements(self) -> int:
-        """The gradient tiles' elements: they set the warps (:func:`warps_for`)."""
-        return max(self.grad_h.elements(), self.grad_w.elements())
+        return max(self.pass_h.elements(), self.pass_w.elements())
 
 
 def channel_block(x: torch.Tensor, element_size: int | None = None) -> int:
@@ -191,34 +189,44 @@ def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector
 
 
 def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_elements: int,
-          tiling: Tiling) -> list[_Pass | _ChunkedPass | _Walk]:
+          tiling: Tiling, walk_tiling: Tiling | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
     """One fused pass if the padded tile fits ``fused_elements`` and both axes' lines are short
-    enough to be held whole; else one walk if the plane's elements (with the program's
-    channels) fit ``walk_elements`` and its lines are held whole; else an H pass then a W pass."""
+    enough to be held whole; else, given a ``walk_tiling``, one walk with its tiles if a program
+    holds one plane (a channels_last program's block of channels, at most 2048 positions in
+    float32, walked back spilled registers) of at most ``walk_elements`` whose lines are held
+    whole; else an H pass then a W pass."""
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
     fused = _Pass(True, True, axis_h, axis_w, channels, 1)
     if fused.elements() <= tiling.fused_elements and all(tiling.whole(axis, 1) for axis in (axis_h, axis_w)):
         return [fused]
     passes = [_axis_pass(True, axis_h, w, channels, sector_elements, tiling),
               _axis_pass(False, axis_w, h, channels, sector_elements, tiling)]
-    if h * w * channels <= tiling.walk_elements and all(isinstance(step, _Pass) for step in passes):
-        solve_tiling = replace(tiling, pass_elements=tiling.walk_solve_elements)
-        return [_Walk(_axis_pass(True, axis_h, w, channels, sector_elements, solve_tiling),
-                      _axis_pass(False, axis_w, h, channels, sector_elements, solve_tiling), *passes)]
-    return passes
+    if walk_tiling is None or channels > 1 or h * w > walk_tiling.walk_elements:
+        return passes
+    walked = [_axis_pass(True, axis_h, w, channels, sector_elements, walk_tiling),
+              _axis_pass(False, axis_w, h, channels, sector_elements, walk_tiling),
+              _axis_pass(True, axis_h, w, channels, sector_elements,
+                         replace(walk_tiling, pass_elements=walk_tiling.walk_solve_elements))]
+    return [_Walk(*walked)] if all(isinstance(step, _Pass) for step in walked) else passes
 
 
 def _plan_for(x: torch.Tensor, boundary: str, dilation: int, q: int, tiling: Tiling,
               element_size: int | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
     size = element_size or x.element_size()
+    accumulation_bytes = _accumulation_dtype(x).itemsize
+    walk_tiling = tiling.for_solve(register_weight(4, q, walk=True)) if x.dtype == torch.float32 else None
     return _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x, size),
-                 max(SECTOR_BYTES // size, 1), tiling.for_solve(register_weight(_accumulation_dtype(x).itemsize, q)))
+                 max(SECTOR_BYTES // size, 1), tiling.for_solve(register_weight(accumulation_bytes, q)), walk_tiling)
 
 
-def register_weight(accumulation_bytes: int, q: int) -> int:
+def register_weight(accumulation_bytes: int, q: int, walk: bool = False) -> int:
     """Registers a tile element costs, in bytes: its accumulation type's size, doubled for
-    more than 2 factors per axis (compiled for sm_90, the backward of Q = 3 spills 8-32 B per
-    thread at 16 float32 elements per thread). Tiles and elements per thread shrink by it."""
+    more than 2 factors per axis; in a walk, whose backward's last phase re-solves the H
+    factors from X, doubled for 2 factors and quadrupled for more (compiled for sm_90 at 16
+    float32 elements per thread, the backward of Q = 3 spills 8-32 B per thread, a walk's
+    already at Q = 2, and at Q = 3 still at 8). Tiles and elements per thread shrink by it."""
+    if walk:
+        return accumulation_bytes * min(2 ** (q - 1), 4)
     return accumulation_bytes * (2 if q > 2 else 1)
 
 
@@ -227,6 +235,13 @@ def warps_for(elements: int, num_warps: int | None, weight: int = 4) -> int:
     to 16 warps (fewer threads may hold more registers each: on sm_90 a 4096-element tile of
     1024-position lines spills at 16 warps and fits at 8)."""
     return num_warps or min(max(triton.next_power_of_2(elements * weight) // (32 * 64), 1), 16)
+
+
+def walk_registers(warps: int) -> int:
+    """Registers per thread a walk may take (ptxas ``maxnreg``): the SM's whole register file
+    (65536 on sm_70 to sm_90) for its one program, at most 255. Left to itself ptxas capped a
+    64×128 walk at 128, two programs per SM, and parked values on the stack."""
+    return min(65536 // (32 * warps), 255)
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -257,14 +272,15 @@ def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, 
         rows, n = (w, h) if step.solve_h else (h, w)
         args = (c, rows, n, dilation, step.chains.n_chains, step.chunks)
     elif isinstance(step, _Walk):
-        args = (c, h, w, dilation, step.solve_h.tile_h.n_chains, step.solve_w.tile_w.n_chains, *step.sizes(backward))
+        args = (c, h, w, dilation, step.pass_h.tile_h.n_chains, step.pass_w.tile_w.n_chains, *step.sizes(backward))
         step_consts = step.constants(backward)
     else:
         args = (c, h, w, dilation, step.tile_h.n_chains, step.tile_w.n_chains)
     q = alpha.shape[1]
     consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=boundary == "circular", REPARAM=reparam,
                   ACC=_accumulator(x), **step_consts)
-    warps = warps_for(step.elements(), num_warps, register_weight(_accumulation_dtype(x).itemsize, q))
+    warps = warps_for(step.elements(), num_warps,
+                      register_weight(_accumulation_dtype(x).itemsize, q, walk=isinstance(step, _Walk)))
     return (b * triton.cdiv(c, step.channels), step.blocks), args, consts, warps
 
 
@@ -278,8 +294,8 @@ def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warp
             *_line_strides(work, step.solve_h), **consts, num_warps=warps)
     elif isinstance(step, _Walk):
         work = _work_buffer(dst, _accumulation_dtype(src))
-        kernels.walked_forward_kernel[grid](src, work, dst, alpha, *args, *src.stride(), *work.stride(),
-                                            *dst.stride(), **consts, num_warps=warps)
+        kernels.walked_forward_kernel[grid](src, work, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
+                                            num_warps=warps, maxnreg=walk_registers(warps))
     else:
         kernels.forward_kernel[grid](src, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
                                      num_warps=warps)
@@ -287,7 +303,7 @@ def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warp
 
 def _work_buffer(out: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """A walk's buffer: ``out`` itself when it holds the accumulation type ``acc`` (the walk
-    writes it last), else an ``acc`` buffer in its layout."""
+    writes it last), else an ``acc`` buffer with its strides (``out`` is dense)."""
     return out if out.dtype == acc else torch.empty_like(out, dtype=acc)
 
 
@@ -322,8 +338,8 @@ def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, di
     elif isinstance(step, _Walk):
         work = _work_buffer(dst, partial.dtype)
         kernels.walked_backward_kernel[grid](src, grad, work, dst, alpha, partial, *args, partial.shape[1],
-                                             *src.stride(), *grad.stride(), *work.stride(), *dst.stride(),
-                                             **consts, num_warps=warps)
+                                             *src.stride(), *grad.stride(), *dst.stride(), **consts,
+                                             num_warps=warps, maxnreg=walk_registers(warps))
     else:
         kernels.backward_kernel[grid](src, grad, dst, alpha, partial, *args, row0, partial.shape[1],
                                       *src.stride(), *grad.stride(), *dst.stride(), **consts,

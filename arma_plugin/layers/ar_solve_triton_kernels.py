@@ -355,66 +355,66 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
     _store_partial(partial, grads, c, c_inside, row0 + b * tl.num_programs(1) + tl.program_id(1), rows, Q, QP)
 
 
-@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w"] + _strides("src", "work", "dst"))
+@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w"] + _strides("src", "dst"))
 def walked_forward_kernel(src, work, dst, alpha, C, H, W, dilation, chains_h, chains_w, blocks_h, blocks_w,
-                          src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
-                          dst_sb, dst_sc, dst_sh, dst_sw,
+                          src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
                           Q: tl.constexpr, QP: tl.constexpr, CIRCULAR: tl.constexpr, REPARAM: tl.constexpr,
                           ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, BW: tl.constexpr,
                           BH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
     """One program per plane (block of ``CB`` channels; the grid has one program along axis 1)
     walks it in tiles: the H factors on ``blocks_h`` tiles ``[H, BW]``, ``src`` to ``work``
-    (float32/float64; may be ``dst``), then, behind a barrier, the W factors on ``blocks_w``
+    (float32/float64, ``dst``'s strides; may be ``dst``), then, behind a barrier, the W factors on ``blocks_w``
     tiles ``[BH, W]``, ``work`` to ``dst``. The program re-reads only what it wrote."""
     b, c, c_inside = _program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     opaque_zero = tl.program_id(1)
     for block in range(blocks_h):
         _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                      src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
                       Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
     tl.debug_barrier()
     for block in range(blocks_w):
         _forward_tile(work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      work_sb, work_sc, work_sh, work_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                      dst_sb, dst_sc, dst_sh, dst_sw, dst_sb, dst_sc, dst_sh, dst_sw,
                       Q, False, True, CIRCULAR, ACC, BH, 1, LW, CHW)
 
 
-@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w", "grad_blocks_h", "grad_blocks_w", "rows"]
-            + _strides("src", "grad", "work", "dst"))
+@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w", "solve_blocks_h", "rows"]
+            + _strides("src", "grad", "dst"))
 def walked_backward_kernel(src, grad, work, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w,
-                           blocks_h, blocks_w, grad_blocks_h, grad_blocks_w, rows,
+                           blocks_h, blocks_w, solve_blocks_h, rows,
                            src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                           work_sb, work_sc, work_sh, work_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                           dst_sb, dst_sc, dst_sh, dst_sw,
                            Q: tl.constexpr, QP: tl.constexpr, CIRCULAR: tl.constexpr, REPARAM: tl.constexpr,
                            ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, BW: tl.constexpr,
                            BH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr,
-                           GBW: tl.constexpr, GBH: tl.constexpr):
+                           SBW: tl.constexpr):
     """Thm 4 from ``src`` (the solve's input X), walking the plane as
-    :func:`walked_forward_kernel` does, through ``work`` (float32/float64; may be ``dst``), in
-    three phases behind barriers: the H factors' output into ``work`` (``[H, BW]`` tiles); the
-    W factors' backward from it and ``grad``, their input's gradient written over it (``[GBH,
-    W]`` tiles); the H factors' backward from X and that gradient, into ``dst`` (``[H, GBW]``
-    tiles). One row of ``partial`` per program."""
+    :func:`walked_forward_kernel` does, through ``work`` (float32/float64, ``dst``'s strides;
+    may be ``dst``), in
+    three phases behind barriers: the H factors' output into ``work`` (``solve_blocks_h`` tiles
+    ``[H, SBW]``); the W factors' backward from it and ``grad``, their input's gradient written
+    over it; the H factors' backward from X and that gradient, into ``dst``. One row of
+    ``partial`` per program."""
     b, c, c_inside = _program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     opaque_zero = tl.program_id(1)
-    for block in range(blocks_h):
+    for block in range(solve_blocks_h):
         _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
-                      Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
+                      src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                      Q, True, False, CIRCULAR, ACC, LH, CHH, SBW, 1)
     tl.debug_barrier()
     grads = tl.zeros([CB, QP * 4], ACC)
-    for block in range(grad_blocks_w):
+    for block in range(blocks_w):
         grads += _backward_tile(work, grad, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
-                                opaque_zero, work_sb, work_sc, work_sh, work_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                                work_sb, work_sc, work_sh, work_sw, Q, QP, False, True, CIRCULAR, ACC, GBH, 1, LW,
+                                opaque_zero, dst_sb, dst_sc, dst_sh, dst_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, False, True, CIRCULAR, ACC, BH, 1, LW,
                                 CHW, CB, False)
     tl.debug_barrier()
-    for block in range(grad_blocks_h):
+    for block in range(blocks_h):
         grads += _backward_tile(src, work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
-                                opaque_zero, src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
-                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, True, False, CIRCULAR, ACC, LH, CHH, GBW, 1,
+                                opaque_zero, src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, True, False, CIRCULAR, ACC, LH, CHH, BW, 1,
                                 CB, False)
     _store_partial(partial, grads, c, c_inside, b, rows, Q, QP)
 
