@@ -112,29 +112,37 @@ def _compile_for_cuda(variants) -> list:
 SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 1, None, None, None),
                   (7, 7, 1, True, "fp32", 1, True, 8, None, None, None),
                   (24, 40, 2, False, "fp32", 2, True, 1, 256, 64, 16),
-                  (24, 40, 1, True, "fp32", 3, True, 1, 256, 64, None)]
+                  (24, 40, 1, True, "fp32", 1, True, 1, 256, 64, None),
+                  (24, 40, 1, True, "bf16", 3, True, 1, 256, 64, None)]
 
 
-@pytest.mark.parametrize("variant", [SMALL_VARIANTS[0], SMALL_VARIANTS[1], SMALL_VARIANTS[2],
-                                     pytest.param(SMALL_VARIANTS[3], marks=pytest.mark.slow)],
+@pytest.mark.parametrize("variant", [SMALL_VARIANTS[0], SMALL_VARIANTS[1], SMALL_VARIANTS[2], SMALL_VARIANTS[3],
+                                     pytest.param(SMALL_VARIANTS[4], marks=pytest.mark.slow)],
                          ids=["fused-dilated-bf16-zeros", "fused-channels_last-fp32-circular",
-                              "chunked-dilated-fp32-zeros", "two-pass-fp32-circular"])
+                              "chunked-dilated-fp32-zeros", "walk-fp32-circular", "two-pass-bf16-circular"])
 def test_kernels_compile_for_a_cuda_target_without_spills(variant):
     """Small tiles (fused with two chains per axis; a channels_last block of 8 channels; both
-    passes of the two-pass plan, whole lines and lines in chunks; both boundaries, reparam on
-    and off): every kernel compiles for sm_90, with no spills to local memory (10-30 s per
-    kernel on 2 cores)."""
+    passes of the two-pass plan, whole lines and lines in chunks; a float32 plane walked by
+    one program; both boundaries, reparam on and off): every kernel compiles for sm_90, with
+    no spills to local memory (10-30 s per kernel on 2 cores)."""
     for name, resources in _compile_for_cuda([variant]):
         assert resources.get("STACK", 0) == 0 and resources.get("LOCAL", 0) == 0, (name, resources)
 
 
-# The maps' default plans (fused and per-pass limits None: the defaults): 128² in two passes
-# (NCHW and channels_last blocks of 8 float32 or 16 bfloat16 channels, Q = 1 and 3), 64² in
-# one program (dilation 2 and 3, Q = 2 and 3), float64 (half the elements per tile), a
-# 2048-long and an 8192-long map in two passes, their lines in chunks.
+# The maps' default plans (fused and per-pass limits None: the defaults): float32 NCHW 128²
+# walked by one program (Q = 1 both boundaries, Q = 2 and 3 with dilation 2), 64×128 and a
+# 100×160 map walked with dilation 3; 128² bfloat16 and 128×256 float32 in two passes (NCHW),
+# channels_last blocks of 8 float32 or 16 bfloat16 channels of 128² in two passes, 64² in one
+# program (dilation 2 and 3, Q = 2 and 3), float64 (half the elements per tile), a 2048-long
+# and an 8192-long map in two passes, their lines in chunks.
 FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, None, None, None),
-                 (128, 128, 1, False, "bf16", 1, True, 1, None, None, None),
+                 (128, 128, 1, False, "fp32", 1, True, 1, None, None, None),
+                 (128, 128, 2, True, "fp32", 2, True, 1, None, None, None),
                  (128, 128, 2, False, "fp32", 3, True, 1, None, None, None),
+                 (64, 128, 1, False, "fp32", 1, True, 1, None, None, None),
+                 (100, 160, 3, True, "fp32", 2, True, 1, None, None, None),
+                 (128, 128, 1, False, "bf16", 1, True, 1, None, None, None),
+                 (128, 256, 1, True, "fp32", 1, True, 1, None, None, None),
                  (128, 128, 1, True, "fp32", 1, True, 8, None, None, None),
                  (128, 128, 1, False, "bf16", 1, True, 16, None, None, None),
                  (64, 64, 2, True, "fp32", 2, True, 1, None, None, None),

@@ -6,17 +6,22 @@ float64), so its lanes always run along contiguous memory. Planes whose padded t
 most ``fused_elements`` elements (4096 float32 by default: NCHW maps up to 64², every map of
 a 224-px ImageNet network after its 112² stage) are solved by one program along both axes
 and all Q factors: the forward reads ``X`` once and writes ``Y`` once, the backward reads
-``X`` and ``dY`` once and writes ``dX`` once. Beyond that size a program's registers no
-longer hold the backward (a 128² float32 plane spills over 1 MB per program to local memory,
-about 22 T). Larger tiles take one pass per axis through a float32 (float64) buffer in the
-input's layout, each program holding whole lines: ``[H, columns]`` for the H factors,
-``[rows, W]`` for the W factors, about ``pass_elements`` elements each, or, for long lines
-(:class:`Tiling`), a few lines walked in chunks with a carried state
-(``ar_solve_triton_chunks``); that buffer (the H
-factors' output) is the forward's state, which the backward takes in place of ``X``: its
-W pass re-solves ``Y`` from it and its H pass walks the H factors back from it (4 T forward,
-6 T backward in float32, instead of re-solving it from ``X`` first: +2 T), or, for bfloat16
-and float16 input, whose ``X`` is half the state's size, re-solves them from ``X``.
+``X`` and ``dY`` once and writes dX once. Beyond that size a program's registers no longer
+hold the backward (a 128² float32 plane spills over 1 MB per program to local memory, about
+22 T). float32 NCHW planes up to ``walk_elements`` (16384: 128²) are walked by one program
+each: the H factors tile by tile (``[H, columns]``) into a float32 buffer, then, behind a
+barrier, the W factors (``[rows, W]`` tiles) from it; the buffer is the output itself in the
+forward and dX in the backward, whose three phases re-solve the H factors from ``X``, walk
+the W factors back over the buffer in place, and walk the H factors back into dX. A program
+re-reads only what it wrote, a 64 KB plane per tensor that stays in L2: 3 T forward, 4 T
+backward. Other maps take one pass per axis through a float32 (float64) buffer in the
+input's layout, each program holding whole lines, about ``pass_elements`` elements, or, for
+long lines (:class:`Tiling`), a few lines walked in chunks with a carried state
+(``ar_solve_triton_chunks``); that buffer (the H factors' output) is the forward's state,
+which the backward takes in place of ``X``: its W pass re-solves ``Y`` from it and its H pass
+walks the H factors back from it (4 T forward, 6 T backward in float32, instead of re-solving
+it from ``X`` first: +2 T), or, for bfloat16 and float16 input, whose ``X`` is half the
+state's size, re-solves them from ``X``.
 Tap gradients: one partial sum per program and tap, summed per channel by one small kernel
 that also applies the re-parameterisation's chain rule. No host synchronisation; launches run
 under the input's device. Only valid for taps inside the stable region (the dispatcher checks).
@@ -38,20 +43,20 @@ SECTOR_BYTES = 32
 @dataclass(frozen=True)
 class Tiling:
     """The plan's knobs, in float32 elements (float64 tiles hold half as many): a padded tile of
-    at most ``fused_elements`` is solved by one program along both axes; a plane of at most
-    ``walk_elements`` (with a program's channels) by one program walking it in tiles, about
-    ``walk_solve_elements`` for its solves and ``pass_elements`` for its gradients; larger maps
-    take one pass per axis with tiles of about ``pass_elements``; a line longer than
-    ``line_positions`` (padded, all chains), or than ``line_elements`` with the channels of a
-    program, is walked in chunks, tiles of ``chunk_elements``; ``num_warps`` per program
-    (default: :func:`warps_for`). The limits shrink by :func:`register_weight` (float64, Q > 2).
+    at most ``fused_elements`` is solved by one program along both axes; a float32 NCHW plane
+    of at most ``walk_elements`` by one program walking it in tiles of about ``pass_elements``
+    (its backward's first solve: ``walk_solve_elements``); larger maps take one pass per axis
+    with tiles of about ``pass_elements``; a line longer than ``line_positions`` (padded, all
+    chains), or than ``line_elements`` with the channels of a program, is walked in chunks,
+    tiles of ``chunk_elements``; ``num_warps`` per program (default: :func:`warps_for`). The
+    tile limits shrink by :func:`register_weight` (float64, Q > 2; in a walk Q > 1).
 
     Measured by compiling for sm_90 (docs/benchmarks.md): the backward of a one-program
     128×128 plane spills over 1 MB per program to local memory (64×128: 74 KB), of a whole line
     of 2048 positions at any warp count; 4096-element planes and passes, lines up to 1024
-    positions and 1024-element chunks do not spill, nor walks of 8192-element solves and
-    4096-element gradients at 8 warps. A walk's program re-reads what it wrote: 16384 float32
-    elements are 64 KB a tensor, so the plane a program works on stays in L2."""
+    positions and 1024-element chunks do not spill, nor walks of 128² with 4096-element tiles
+    (8192 for the first solve) at 8 warps. A walk's program re-reads what it wrote: 16384
+    float32 elements are 64 KB a tensor, so the plane a program works on stays in L2."""
     fused_elements: int = 4096
     walk_elements: int = 16384
     walk_solve_elements: int = 8192

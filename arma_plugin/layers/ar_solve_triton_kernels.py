@@ -25,6 +25,10 @@ transposed solve of the gradient (``left``/``right`` swapped), the tap gradients
 ``-Σ g[i]·y[i±d]`` against the factor's output ``y``, and the factor re-applied to ``y`` to get
 its input. Tap gradients leave each program as one partial sum per channel and tap; one small kernel
 sums them per channel and applies the re-parameterisation's chain rule (Thm 7).
+
+``forward_kernel``/``backward_kernel`` solve one tile per program; ``walked_*`` kernels give a
+program a whole plane and loop over its tiles, one axis per phase, through a buffer that only
+that program touches, with a barrier between phases.
 """
 from __future__ import annotations
 
@@ -355,6 +359,20 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
     _store_partial(partial, grads, c, c_inside, row0 + b * tl.num_programs(1) + tl.program_id(1), rows, Q, QP)
 
 
+@triton.jit
+def _walk_h_factors(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, blocks, opaque_zero,
+                    src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                    Q: tl.constexpr, CIRCULAR: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr,
+                    CHH: tl.constexpr, BW: tl.constexpr):
+    """A walk's first phase: the H factors of ``src`` into ``work`` on ``blocks`` tiles
+    ``[H, BW]``, then a barrier (the next phase reads what other threads wrote)."""
+    for block in range(blocks):
+        _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+                      src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                      Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
+    tl.debug_barrier()
+
+
 @triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w"] + _strides("src", "dst"))
 def walked_forward_kernel(src, work, dst, alpha, C, H, W, dilation, chains_h, chains_w, blocks_h, blocks_w,
                           src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
@@ -363,16 +381,14 @@ def walked_forward_kernel(src, work, dst, alpha, C, H, W, dilation, chains_h, ch
                           BH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
     """One program per plane (block of ``CB`` channels; the grid has one program along axis 1)
     walks it in tiles: the H factors on ``blocks_h`` tiles ``[H, BW]``, ``src`` to ``work``
-    (float32/float64, ``dst``'s strides; may be ``dst``), then, behind a barrier, the W factors on ``blocks_w``
-    tiles ``[BH, W]``, ``work`` to ``dst``. The program re-reads only what it wrote."""
+    (float32/float64, ``dst``'s strides; may be ``dst``), then, behind a barrier, the W
+    factors on ``blocks_w`` tiles ``[BH, W]``, ``work`` to ``dst``. The program re-reads only
+    what it wrote."""
     b, c, c_inside = _program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     opaque_zero = tl.program_id(1)
-    for block in range(blocks_h):
-        _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                      Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
-    tl.debug_barrier()
+    _walk_h_factors(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, blocks_h, opaque_zero,
+                    src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw, Q, CIRCULAR, ACC, LH, CHH, BW)
     for block in range(blocks_w):
         _forward_tile(work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
                       dst_sb, dst_sc, dst_sh, dst_sw, dst_sb, dst_sc, dst_sh, dst_sw,
@@ -391,19 +407,16 @@ def walked_backward_kernel(src, grad, work, dst, alpha, partial, C, H, W, dilati
                            SBW: tl.constexpr):
     """Thm 4 from ``src`` (the solve's input X), walking the plane as
     :func:`walked_forward_kernel` does, through ``work`` (float32/float64, ``dst``'s strides;
-    may be ``dst``), in
-    three phases behind barriers: the H factors' output into ``work`` (``solve_blocks_h`` tiles
-    ``[H, SBW]``); the W factors' backward from it and ``grad``, their input's gradient written
-    over it; the H factors' backward from X and that gradient, into ``dst``. One row of
-    ``partial`` per program."""
+    may be ``dst``), in three phases behind barriers: the H factors' output into ``work``
+    (``solve_blocks_h`` tiles ``[H, SBW]``); the W factors' backward from it and ``grad``, their
+    input's gradient written over it; the H factors' backward from X and that gradient, into
+    ``dst``. One row of ``partial`` per program."""
     b, c, c_inside = _program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     opaque_zero = tl.program_id(1)
-    for block in range(solve_blocks_h):
-        _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                      Q, True, False, CIRCULAR, ACC, LH, CHH, SBW, 1)
-    tl.debug_barrier()
+    _walk_h_factors(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, solve_blocks_h,
+                    opaque_zero, src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw, Q, CIRCULAR, ACC,
+                    LH, CHH, SBW)
     grads = tl.zeros([CB, QP * 4], ACC)
     for block in range(blocks_w):
         grads += _backward_tile(work, grad, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
