@@ -50,7 +50,8 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
     work = "fp64" if data == "fp64" else "fp32"
     sector = {"fp64": 4, "fp32": 8, "bf16": 16}[data]
     lines = {} if line is None else dict(line_positions=line, line_elements=line, chunk_elements=line)
-    limits = {key: value for key, value in dict(fused_elements=fused, pass_elements=per_pass).items() if value}
+    limits = {key: value for key, value in dict(fused_elements=fused, pass_elements=per_pass,
+                                                walk_solve_elements=per_pass and 2 * per_pass).items() if value}
     tiling = host.Tiling(**limits, **lines)
     weight = host.register_weight(8 if data == "fp64" else 4, q)
     walk_weight = host.register_weight(4, q, walk=True)
@@ -108,7 +109,8 @@ def _compile_for_cuda(variants) -> list:
 
 
 # (H, W, dilation, circular, data type, Q, reparam, channels per program, fused elements,
-# elements per pass, longest line before chunks (None: the default Tiling's))
+# elements per pass (a walk's first solve: twice that), longest line before chunks (None: the
+# default Tiling's))
 SMALL_VARIANTS = [(9, 40, 2, False, "bf16", 2, False, 1, None, None, None),
                   (7, 7, 1, True, "fp32", 1, True, 8, None, None, None),
                   (24, 40, 2, False, "fp32", 2, True, 1, 256, 64, 16),
