@@ -25,13 +25,13 @@ from arma_plugin.layers import ar_solve_triton  # noqa: E402
 from arma_plugin.layers.ar_solve_op import BACKENDS, resolve_backend  # noqa: E402
 from arma_plugin.reference import ar_solve_reference  # noqa: E402
 from solve_checks import EPS32, EPS64, condition, rel_err  # noqa: E402
+from triton_solve_checks import FUSED, check_against_reference, reference_solve, triton_solve  # noqa: E402
 
 if not ar_solve_triton.INTERPRETED:
     pytest.skip("these tests run the Triton kernels on CPU tensors and need TRITON_INTERPRET=1 "
                 "(conftest.py sets it unless the environment sets it otherwise)", allow_module_level=True)
 
 BOUNDARIES = ["circular", "zeros"]
-FUSED = None  # the default plan: one program per plane for these small maps
 # (Q, dilation, H×W, plane elements solved in one program): sizes 1×1, 2×7, 5×3, 17×12, Q = 1,
 # 2, 3 and dilation 1, 2, with each boundary; the last row forces the two-pass plan (an H pass
 # and a W pass) with several programs per plane and a partial last tile.
@@ -44,75 +44,17 @@ def _case_id(case):
     return f"Q{q}-d{d}-{h}x{w}-" + ("fused" if fused is None else "two-pass")
 
 
-def _reference(x, alpha, grad_out, boundary, dilation, reparam=True):
-    """``(y, dx, dalpha)`` by plain autograd through the dense float64 solve."""
-    x_ref = x.detach().double().requires_grad_()
-    alpha_ref = alpha.detach().double().requires_grad_()
-    y = ar_solve_reference(x_ref, ar_taps(alpha_ref, reparam), boundary, dilation)
-    gx, ga = torch.autograd.grad(y, (x_ref, alpha_ref), grad_out.double(), allow_unused=True)
-    return y.detach(), gx, torch.zeros_like(alpha_ref) if ga is None else ga  # 1×1 zeros: A = I
-
-
-def _triton(x, alpha, grad_out, boundary, dilation, reparam=True, fused_elements=FUSED, line_elements=4096,
-            pass_elements=16, walk_elements=0):
-    """``(y, dx, dalpha)`` through the layer's function, or with ``fused_elements`` through the
-    backend's functions with that plan (``pass_elements``, 16 by default: several programs per
-    plane, or several tiles per phase of a walk; no walk unless ``walk_elements``); a two-pass
-    plan's backward from the forward's state equals its backward from X."""
-    if fused_elements is not None:
-        tiling = ar_solve_triton.Tiling(fused_elements=fused_elements, walk_elements=walk_elements,
-                                        walk_solve_elements=pass_elements, pass_elements=pass_elements,
-                                        line_positions=line_elements,
-                                        line_elements=line_elements, chunk_elements=line_elements)
-        y, state = ar_solve_triton.triton_ar_solve(x, alpha, boundary, reparam, dilation, tiling)
-        grads = ar_solve_triton.triton_ar_solve_backward(grad_out, x, alpha, boundary, reparam, dilation,
-                                                         tiling=tiling)
-        if state is not None:
-            for saved in ((None, state), (x, state)):
-                from_state = ar_solve_triton.triton_ar_solve_backward(grad_out, *saved[:1], alpha, boundary, reparam,
-                                                                      dilation, saved[1], tiling)
-                assert all(torch.equal(a, b) for a, b in zip(from_state, grads))
-        return (y, *grads)
-    x = x.detach().requires_grad_()
-    alpha = alpha.detach().requires_grad_()
-    y = autoregressive2d(x, alpha, boundary, reparam=reparam, dilation=dilation, backend="triton")
-    gx, ga = torch.autograd.grad(y, (x, alpha), grad_out)
-    return y, gx, ga
-
-
-def _check_against_reference(boundary, q, dilation, size, fused_elements, dtype, scale, line_elements=4096,
-                             memory_format=torch.contiguous_format, pass_elements=16, walk_elements=0):
-    h, w = size
-    gen = torch.Generator().manual_seed(1000 * q + 10 * dilation + h)
-    alpha = scale * torch.randn(2, q, 4, generator=gen, dtype=torch.float64)
-    x = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
-    grad_out = torch.randn(2, 2, h, w, generator=gen, dtype=torch.float64)
-    y, gx, ga = _triton(x.to(dtype, memory_format=memory_format), alpha.to(dtype), grad_out.to(dtype), boundary,
-                        dilation, fused_elements=fused_elements, line_elements=line_elements,
-                        pass_elements=pass_elements, walk_elements=walk_elements)
-    y_ref, gx_ref, ga_ref = _reference(x, alpha, grad_out, boundary, dilation)
-    # Backward-stable solves: relative error ≲ c·eps·cond(A); c = 1e3 covers the O(n) growth
-    # of the reference's own LU error at n ≤ 40, the gradient's second solve and the tap
-    # sums over B·H·W products.
-    eps = EPS64 if dtype == torch.float64 else EPS32
-    tol = 1e3 * eps * condition(ar_taps(alpha), h, w, boundary, dilation)
-    assert y.dtype == gx.dtype == ga.dtype == dtype
-    assert rel_err(y, y_ref) <= tol
-    assert rel_err(gx, gx_ref) <= tol
-    assert (ga.double() - ga_ref).abs().max() <= tol * max(ga_ref.abs().max().item(), 1.0)
-
-
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_float64_matches_dense_reference(boundary, case):
     """The method is exact: float64 in, float64 accumulation, agrees to float64 rounding.
     alpha·3 puts taps near the stability boundary (ill-conditioned solves)."""
-    _check_against_reference(boundary, *case, torch.float64, 3.0)
+    check_against_reference(boundary, *case, torch.float64, 3.0)
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_float32_within_float32_rounding(boundary):
-    _check_against_reference(boundary, 2, 2, (9, 6), FUSED, torch.float32, 1.0)
+    check_against_reference(boundary, 2, 2, (9, 6), FUSED, torch.float32, 1.0)
 
 
 @pytest.mark.slow
@@ -122,82 +64,7 @@ def test_float32_within_float32_rounding(boundary):
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_float64_sweep(boundary, case):
     """Every Q × dilation (3 makes cycles of several lengths) × size, fused and two-pass."""
-    _check_against_reference(boundary, *case, torch.float64, 3.0)
-
-
-# (Q, dilation, H×W): maps walked by one program per plane (its H tiles, then its W tiles,
-# through a buffer) with 16-element tiles: several tiles per phase, partial last tiles,
-# chains of different lengths (d = 3).
-WALK_CASES = [(1, 1, (6, 9)), (2, 2, (17, 12)), (3, 3, (7, 10))]
-
-
-@pytest.mark.parametrize("boundary, case", [
-    ("circular", WALK_CASES[1]), ("zeros", WALK_CASES[0]),
-    *[pytest.param(boundary, case, marks=pytest.mark.slow) for boundary, case in itertools.product(
-        BOUNDARIES, WALK_CASES) if (boundary, case) not in {("circular", WALK_CASES[1]), ("zeros", WALK_CASES[0])}]],
-    ids=lambda v: v if isinstance(v, str) else "Q{}-d{}-{}x{}".format(v[0], v[1], *v[2]))
-def test_walked_planes_match_dense_reference(boundary, case):
-    """One program per plane, three phases behind barriers in the backward (the H factors'
-    output into the buffer, the W factors' backward over it in place, the H factors' backward
-    into dX): float32 (walks are float32 only) against the dense float64 reference."""
-    _check_against_reference(boundary, *case, 8, torch.float32, 1.0, walk_elements=1 << 20)
-
-
-def test_default_plan_walks_float32_planes_too_large_for_registers():
-    """The default plan walks a float32 64×80 map (5120 elements: more than one program's
-    registers hold, within the walk's limit; output and dX serve as the walk's buffer): X is
-    all autograd keeps, values and gradients as the reference's. The bfloat16 map, whose two
-    passes already move less (X, Y, dY and dX at half the bytes), takes two passes."""
-    gen = torch.Generator().manual_seed(11)
-    alpha = torch.randn(2, 1, 4, generator=gen)
-    x = torch.randn(1, 2, 64, 80, generator=gen)
-    grad_out = torch.randn(1, 2, 64, 80, generator=gen)
-    (step,) = ar_solve_triton._plan_for(x, "zeros", 1, 1, ar_solve_triton.Tiling())
-    assert isinstance(step, ar_solve_triton._Walk) and not ar_solve_triton.keeps_state(x, "zeros", 1, 1)
-    assert ar_solve_triton.keeps_state(x.bfloat16(), "zeros", 1, 1)
-    x_leaf = x.clone().requires_grad_()
-    alpha_leaf = alpha.clone().requires_grad_()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = autoregressive2d(x_leaf, alpha_leaf, "zeros", backend="triton")
-    assert [t is x_leaf for t in saved if t.shape == x.shape] == [True]
-    gx, ga = torch.autograd.grad(y, (x_leaf, alpha_leaf), grad_out)
-    y_ref, gx_ref, ga_ref = _reference(x.double(), alpha.double(), grad_out.double(), "zeros", 1)
-    tol = 1e3 * EPS32 * condition(ar_taps(alpha.double()), 64, 80, "zeros", 1)  # as _check_against_reference
-    assert rel_err(y, y_ref) <= tol and rel_err(gx, gx_ref) <= tol and rel_err(ga, ga_ref) <= tol
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("size, line_elements", [((3, 2048), 4096), ((2048, 3), 4096), ((3, 2048), 256)],
-                         ids=["3x2048", "2048x3", "3x2048-chunks"])
-@pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_lines_longer_than_a_fused_plane(boundary, size, line_elements):
-    """2048-long lines: the two-pass plan, whole lines per program, or in chunks of 128 positions
-    of each of the two chains (float64, Q = 2, d = 2; the default 4096 elements per pass, as
-    16 would take thousands of programs in the interpreter)."""
-    _check_against_reference(boundary, 2, 2, size, 4096, torch.float64, 1.0, line_elements,
-                             pass_elements=4096)
-
-
-# (Q, dilation, H×W, memory format): lines walked in chunks of 8 elements (line_elements=8):
-# several chunks per chain, a partial last chunk, chains of different lengths (d = 3 and 29),
-# lines along H and along W, and both axes in chunks (channels_last: 2 channels per program).
-CHUNKED_CASES = [(1, 1, (2, 37), torch.contiguous_format), (2, 2, (37, 5), torch.contiguous_format),
-                 (3, 3, (4, 29), torch.contiguous_format), (2, 1, (5, 11), torch.channels_last)]
-
-
-@pytest.mark.parametrize("boundary, case", [
-    ("circular", CHUNKED_CASES[0]), ("zeros", CHUNKED_CASES[3]),
-    *[pytest.param(boundary, case, marks=pytest.mark.slow) for boundary, case in itertools.product(
-        BOUNDARIES, CHUNKED_CASES) if (boundary, case) not in {("circular", CHUNKED_CASES[0]),
-                                                               ("zeros", CHUNKED_CASES[3])}]],
-    ids=lambda v: v if isinstance(v, str) else "Q{}-d{}-{}x{}-{}".format(v[0], v[1], *v[2], str(v[3])[6:]))
-def test_lines_in_chunks_with_a_carried_state(boundary, case):
-    """Lines longer than ``line_elements``: two sweeps per factor over the chunks, the carries
-    and the boundary terms exact (float64 against the dense reference; the backward from the
-    forward's state and from X agree)."""
-    q, dilation, size, memory_format = case
-    _check_against_reference(boundary, q, dilation, size, 8, torch.float64, 3.0, 8, memory_format)
+    check_against_reference(boundary, *case, torch.float64, 3.0)
 
 
 @pytest.mark.parametrize("boundary, ar_kernel_size", [("zeros", 5), pytest.param("circular", 5, marks=pytest.mark.slow),
@@ -220,8 +87,8 @@ def test_raw_taps_inside_the_stable_region(boundary):
     taps = torch.rand(2, 2, 4, generator=gen, dtype=torch.float64) * 0.98 - 0.49  # |left|+|right| < 0.98
     x = torch.randn(1, 2, 4, 5, generator=gen, dtype=torch.float64)
     grad_out = torch.randn(1, 2, 4, 5, generator=gen, dtype=torch.float64)
-    y, gx, ga = _triton(x, taps, grad_out, boundary, 1, reparam=False)
-    y_ref, gx_ref, ga_ref = _reference(x, taps, grad_out, boundary, 1, reparam=False)
+    y, gx, ga = triton_solve(x, taps, grad_out, boundary, 1, reparam=False)
+    y_ref, gx_ref, ga_ref = reference_solve(x, taps, grad_out, boundary, 1, reparam=False)
     # float64, taps at most 0.98 of the way to the boundary: cond(A) ≲ 1e4, errors ~1e-12 at worst.
     assert max(rel_err(y, y_ref), rel_err(gx, gx_ref), rel_err(ga, ga_ref)) < 1e-10
 
@@ -271,7 +138,7 @@ def test_half_precision_in_and_out(dtype):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = autoregressive2d(x, alpha.requires_grad_(), "zeros", backend="triton")
     gx, ga = torch.autograd.grad(y, (x, alpha), grad_out)
-    y_ref, gx_ref, ga_ref = _reference(x.float(), alpha, grad_out.float(), "zeros", 1)
+    y_ref, gx_ref, ga_ref = reference_solve(x.float(), alpha, grad_out.float(), "zeros", 1)
     assert y.dtype == gx.dtype == dtype and ga.dtype == torch.float32
     assert [t.dtype for t in saved if t.numel() == x.numel()] == [dtype]  # X itself, not a float32 copy
     # One rounding of the output to the half format (2^-8 for bfloat16, 2^-11 for float16,
@@ -289,9 +156,9 @@ def test_strided_inputs_without_a_layout_copy(boundary):
     alpha = torch.randn(2, 1, 4, generator=gen, dtype=torch.float64)
     base = torch.randn(1, 2, 5, 12, generator=gen, dtype=torch.float64)
     grad_out = torch.randn(1, 2, 5, 6, generator=gen, dtype=torch.float64)
-    y, gx, ga = _triton(base[..., ::2].contiguous(), alpha, grad_out, boundary, 2)
+    y, gx, ga = triton_solve(base[..., ::2].contiguous(), alpha, grad_out, boundary, 2)
     for x in (base[..., ::2].contiguous(memory_format=torch.channels_last), base[..., ::2]):
-        ys, gxs, gas = _triton(x, alpha, grad_out, boundary, 2)
+        ys, gxs, gas = triton_solve(x, alpha, grad_out, boundary, 2)
         # tap gradients: the same products, summed in another order across programs
         assert torch.equal(ys, y) and torch.equal(gxs, gx) and torch.allclose(gas, ga, rtol=1e-14, atol=0)
     cl = base[..., ::2].contiguous(memory_format=torch.channels_last)
@@ -314,87 +181,16 @@ def test_channels_last_programs_hold_channel_blocks(boundary, dtype, fused_eleme
     x_cl = x.contiguous(memory_format=torch.channels_last)
     assert ar_solve_triton.channel_block(x_cl) == block and ar_solve_triton.channel_block(x) == 1
     fused_elements = fused_elements or ar_solve_triton.Tiling().fused_elements
-    y, gx, ga = _triton(x, alpha.to(dtype), grad_out, boundary, 2, fused_elements=fused_elements)
-    y_cl, gx_cl, ga_cl = _triton(x_cl, alpha.to(dtype), grad_out.contiguous(memory_format=torch.channels_last),
-                                 boundary, 2, fused_elements=fused_elements)
+    y, gx, ga = triton_solve(x, alpha.to(dtype), grad_out, boundary, 2, fused_elements=fused_elements)
+    y_cl, gx_cl, ga_cl = triton_solve(x_cl, alpha.to(dtype), grad_out.contiguous(memory_format=torch.channels_last),
+                                      boundary, 2, fused_elements=fused_elements)
     assert y_cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(y_cl, y) and torch.equal(gx_cl, gx)
     # tap gradients: the same products, summed in another order across programs
     eps = EPS64 if dtype == torch.float64 else EPS32
     assert torch.allclose(ga_cl, ga, rtol=64 * eps, atol=64 * eps * ga.abs().max().item())
-    y_ref, gx_ref, ga_ref = _reference(x.double(), alpha, grad_out.double(), boundary, 2)
-    tol = 1e3 * eps * condition(ar_taps(alpha), 5, 7, boundary, 2)  # as _check_against_reference
+    y_ref, gx_ref, ga_ref = reference_solve(x.double(), alpha, grad_out.double(), boundary, 2)
+    tol = 1e3 * eps * condition(ar_taps(alpha), 5, 7, boundary, 2)  # as check_against_reference
     assert rel_err(y_cl, y_ref) <= tol and rel_err(gx_cl, gx_ref) <= tol and rel_err(ga_cl, ga_ref) <= tol
-
-
-@pytest.mark.parametrize("shape, channels, dtype, q, plan, warps", [
-    ((64, 64), 1, torch.float32, 1, "one program", 8), ((64, 128), 1, torch.float32, 1, "walk", 8),
-    ((128, 128), 1, torch.float32, 2, "walk", 8), ((128, 128), 1, torch.bfloat16, 1, "two passes", 8),
-    ((128, 256), 1, torch.float32, 1, "two passes", 8), ((64, 64), 1, torch.float32, 3, "walk", 8),
-    ((32, 64), 1, torch.float32, 3, "one program", 8), ((128, 128), 1, torch.float64, 1, "two passes", 8),
-    ((64, 128), 1, torch.float64, 1, "two passes", 8), ((32, 64), 1, torch.float64, 1, "one program", 8),
-    ((32, 64), 8, torch.float32, 1, "two passes", 8)])
-def test_default_plan_keeps_tiles_within_registers(shape, channels, dtype, q, plan, warps):
-    """One program per map up to 4096 float32 elements (2048 when an element weighs twice:
-    float64, or Q > 2), about 64 bytes of weight per thread: the sizes whose sm_90 binaries
-    do not spill (docs/benchmarks.md). float32 NCHW planes up to 64 KB (16384 elements): one
-    program walking its plane, whose re-reads stay in L2, in tiles of the passes' size (halved
-    at Q = 2, quartered from Q = 3), its first solve in tiles twice as wide. Larger maps,
-    channels_last blocks, bfloat16 and float64: one pass per axis."""
-    x = torch.empty(1, channels, *shape, dtype=dtype)
-    if channels > 1:
-        x = x.contiguous(memory_format=torch.channels_last)
-    steps = ar_solve_triton._plan_for(x, "zeros", 1, q, ar_solve_triton.Tiling())
-    kinds = {"one program": [ar_solve_triton._Pass], "walk": [ar_solve_triton._Walk],
-             "two passes": [ar_solve_triton._Pass] * 2}
-    assert [type(step) for step in steps] == kinds[plan]
-    weight = ar_solve_triton.register_weight(dtype.itemsize if dtype == torch.float64 else 4, q, walk=plan == "walk")
-    assert all(ar_solve_triton.warps_for(step.elements(), None, weight) == warps for step in steps)
-    assert all(step.elements() * weight <= warps * 32 * 64 for step in steps)
-    if plan == "walk":
-        (walk,) = steps
-        assert walk.solve_h.elements() == 2 * walk.pass_h.elements()
-
-
-@pytest.mark.parametrize("dtype, boundary", [(torch.bfloat16, "zeros"), (torch.float32, "circular")])
-def test_two_pass_solves_save_their_state(dtype, boundary):
-    """A map too large for one program or a walk (8 channels_last channels of 48×48 at the
-    default limits): autograd saves the first pass's output (float32, x's layout), and X only when X is
-    narrower (its H pass then reads X at half the bytes); the fake kernel predicts the state,
-    and the backward gives the reference's gradients even after an in-place ReLU on Y."""
-    gen = torch.Generator().manual_seed(10)
-    alpha = torch.randn(8, 1, 4, generator=gen, dtype=torch.float64)
-    x = torch.randn(1, 8, 48, 48, generator=gen).to(dtype, memory_format=torch.channels_last)
-    assert ar_solve_triton.keeps_state(x, boundary, 1, alpha.shape[1])
-    saved = []
-    x_leaf = x.clone().requires_grad_()
-    alpha_leaf = alpha.float().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = autoregressive2d(x_leaf, alpha_leaf, boundary, backend="triton")
-    (state,) = [t for t in saved if t.shape == x.shape and t.dtype == torch.float32 and t is not x_leaf]
-    assert state.stride() == x.stride() and state.data_ptr() != x_leaf.data_ptr()
-    assert [t is x_leaf for t in saved if t.shape == x.shape] == ([True, False] if dtype == torch.bfloat16 else [False])
-    fake_mode = FakeTensorMode()
-    fake_x, fake_alpha = fake_mode.from_tensor(x), fake_mode.from_tensor(alpha.float())
-    with fake_mode:
-        fake = torch.ops.arma_plugin.ar_solve(fake_x, fake_alpha, boundary, True, 1, "triton")[1]
-    assert (fake.shape, fake.dtype, fake.stride()) == (state.shape, state.dtype, state.stride())
-    mask = torch.randn(x.shape, generator=gen)
-    (y.relu_().float() * mask).sum().backward()
-    x_ref = x.double().requires_grad_()
-    alpha_ref = alpha.clone().requires_grad_()
-    (ar_solve_reference(x_ref, ar_taps(alpha_ref), boundary).relu() * mask).sum().backward()
-    # float32 solves of a half-rounded input; dX is rounded once to the input's format
-    tol = 4 * (torch.finfo(dtype).eps if dtype != torch.float32 else EPS32 * 1e2)
-    assert rel_err(x_leaf.grad, x_ref.grad) <= tol and rel_err(alpha_leaf.grad, alpha_ref.grad) <= tol
-
-
-def test_backward_names_what_it_was_given_wrongly():
-    x = torch.randn(1, 2, 3, 4)
-    alpha = torch.zeros(2, 1, 4)
-    with pytest.raises(ValueError, match="needs x .*, state, or both; got neither"):
-        ar_solve_triton.triton_ar_solve_backward(torch.ones_like(x), None, alpha, "zeros", True, 1)
-    with pytest.raises(ValueError, match="state was given, but this map is solved in one pass"):
-        ar_solve_triton.triton_ar_solve_backward(torch.ones_like(x), x, alpha, "zeros", True, 1, state=x.clone())
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)

@@ -25,7 +25,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from arma_plugin.layers import ar_solve_triton as host, ar_solve_triton_chunks as chunks
-from arma_plugin.layers import ar_solve_triton_kernels as kernels
+from arma_plugin.layers import ar_solve_triton_kernels as kernels, ar_solve_triton_walks as walks
 
 assert not host.INTERPRETED
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -66,9 +66,9 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
         options = dict(num_warps=warps, maxnreg=host.walk_registers(warps)) if walk else dict(num_warps=warps)
         name = f"{h}x{w} d{dilation} {'circular' if circular else 'zeros'} {data} Q{q} {step.constants()}"
         if walk:  # X and dY in, Y and dX out, a float32 (float64) work buffer
-            forward = usage(kernels.walked_forward_kernel, dict(src=data, work=work, dst=data, alpha=data), consts,
+            forward = usage(walks.walked_forward_kernel, dict(src=data, work=work, dst=data, alpha=data), consts,
                             options)
-            backward = usage(kernels.walked_backward_kernel,
+            backward = usage(walks.walked_backward_kernel,
                              dict(src=data, grad=data, work=work, dst=data, alpha=data, partial=work),
                              dict(consts, **step.constants(backward=True)), options)
             rows += [(name + " forward", forward), (name + " backward", backward)]

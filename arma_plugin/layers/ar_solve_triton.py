@@ -36,6 +36,7 @@ import triton
 
 from . import ar_solve_triton_chunks as chunk_kernels
 from . import ar_solve_triton_kernels as kernels
+from . import ar_solve_triton_walks as walks
 
 SECTOR_BYTES = 32
 
@@ -299,7 +300,7 @@ def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warp
             *_line_strides(work, step.solve_h), **consts, num_warps=warps)
     elif isinstance(step, _Walk):
         work = _work_buffer(dst, _accumulation_dtype(src))
-        kernels.walked_forward_kernel[grid](src, work, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
+        walks.walked_forward_kernel[grid](src, work, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
                                             num_warps=warps, maxnreg=walk_registers(warps))
     else:
         kernels.forward_kernel[grid](src, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
@@ -342,7 +343,7 @@ def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, di
             **consts, SRC_SOLVED=src_solved, num_warps=warps)
     elif isinstance(step, _Walk):
         work = _work_buffer(dst, partial.dtype)
-        kernels.walked_backward_kernel[grid](src, grad, work, dst, alpha, partial, *args, partial.shape[1],
+        walks.walked_backward_kernel[grid](src, grad, work, dst, alpha, partial, *args, partial.shape[1],
                                              *src.stride(), *grad.stride(), *dst.stride(), **consts,
                                              num_warps=warps, maxnreg=walk_registers(warps))
     else:

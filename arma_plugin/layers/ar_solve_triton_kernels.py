@@ -26,9 +26,9 @@ transposed solve of the gradient (``left``/``right`` swapped), the tap gradients
 its input. Tap gradients leave each program as one partial sum per channel and tap; one small kernel
 sums them per channel and applies the re-parameterisation's chain rule (Thm 7).
 
-``forward_kernel``/``backward_kernel`` solve one tile per program; ``walked_*`` kernels give a
-program a whole plane and loop over its tiles, one axis per phase, through a buffer that only
-that program touches, with a barrier between phases.
+``forward_kernel``/``backward_kernel`` solve one tile per program (``forward_tile``,
+``backward_tile``); ``ar_solve_triton_walks`` gives a program a whole plane and loops over its
+tiles with them.
 """
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def _solve_factors(t, taps, j_h, m_h, j_w, m_w, inside, Q: tl.constexpr, SOLVE_H
 
 
 @triton.jit
-def _program_channels(C, CB: tl.constexpr):
+def program_channels(C, CB: tl.constexpr):
     """Program → (batch, its channels ``[CB]``, their mask)."""
     plane = tl.program_id(0)
     channel_blocks = tl.cdiv(C, CB)
@@ -258,11 +258,11 @@ def _tile(c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero, SOLV
             m_w[None, None, :, :, None], mask)
 
 
-_SIZES = ["C", "H", "W", "dilation", "chains_h", "chains_w"]
+SIZES = ["C", "H", "W", "dilation", "chains_h", "chains_w"]
 _STRIDES = ["sb", "sc", "sh", "sw"]
 
 
-def _strides(*pointers: str) -> list[str]:
+def strides(*pointers: str) -> list[str]:
     return [f"{p}_{s}" for p in pointers for s in _STRIDES]
 
 
@@ -272,7 +272,7 @@ def _offsets(b, c, pos_h, pos_w, sb, sc, sh, sw):
 
 
 @triton.jit
-def _forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+def forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
                   src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
                   Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
                   ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr):
@@ -286,7 +286,7 @@ def _forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chai
 
 
 @triton.jit
-def _backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
+def backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
                    src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
                    dst_sb, dst_sc, dst_sh, dst_sw,
                    Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
@@ -320,116 +320,43 @@ def _backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_
 
 
 @triton.jit
-def _store_partial(partial, grads, c, c_inside, row, rows, Q: tl.constexpr, QP: tl.constexpr):
+def store_partial(partial, grads, c, c_inside, row, rows, Q: tl.constexpr, QP: tl.constexpr):
     """A program's tap gradients ``[CB, QP·4]`` to row ``row`` of ``partial`` ``[C, rows, Q·4]``."""
     cols = tl.arange(0, QP * 4)[None, :]
     tl.store(partial + (c[:, None].to(tl.int64) * rows + row) * (4 * Q) + cols, grads,
              mask=(cols < 4 * Q) & c_inside[:, None])
 
 
-@triton.jit(do_not_specialize=_SIZES + _strides("src", "dst"))
+@triton.jit(do_not_specialize=SIZES + strides("src", "dst"))
 def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
                    src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
                    Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
                    CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
                    LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
     """``dst = `` the Q factors along the solved axes applied to ``src``: one read, one write."""
-    b, c, c_inside = _program_channels(C, CB)
+    b, c, c_inside = program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
-    _forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, tl.program_id(1), 0,
+    forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, tl.program_id(1), 0,
                   src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
                   Q, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW)
 
 
-@triton.jit(do_not_specialize=_SIZES + ["row0", "rows"] + _strides("src", "grad", "dst"))
+@triton.jit(do_not_specialize=SIZES + ["row0", "rows"] + strides("src", "grad", "dst"))
 def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w, row0, rows,
                     src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
                     dst_sb, dst_sc, dst_sh, dst_sw,
                     Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
                     CIRCULAR: tl.constexpr, REPARAM: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
                     LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr, SRC_SOLVED: tl.constexpr):
-    """:func:`_backward_tile` on the program's tile; its tap gradients go to row ``row0 +
+    """:func:`backward_tile` on the program's tile; its tap gradients go to row ``row0 +
     b·rows_per_batch + block`` of ``partial`` ``[C, rows, Q·4]``, one row per channel."""
-    b, c, c_inside = _program_channels(C, CB)
+    b, c, c_inside = program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
-    grads = _backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w,
+    grads = backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w,
                            tl.program_id(1), 0, src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
                            dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW,
                            CB, SRC_SOLVED)
-    _store_partial(partial, grads, c, c_inside, row0 + b * tl.num_programs(1) + tl.program_id(1), rows, Q, QP)
-
-
-@triton.jit
-def _walk_h_factors(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, blocks, opaque_zero,
-                    src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
-                    Q: tl.constexpr, CIRCULAR: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr,
-                    CHH: tl.constexpr, BW: tl.constexpr):
-    """A walk's first phase: the H factors of ``src`` into ``work`` on ``blocks`` tiles
-    ``[H, BW]``, then a barrier (the next phase reads what other threads wrote)."""
-    for block in range(blocks):
-        _forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
-                      Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
-    tl.debug_barrier()
-
-
-@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w"] + _strides("src", "dst"))
-def walked_forward_kernel(src, work, dst, alpha, C, H, W, dilation, chains_h, chains_w, blocks_h, blocks_w,
-                          src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                          Q: tl.constexpr, QP: tl.constexpr, CIRCULAR: tl.constexpr, REPARAM: tl.constexpr,
-                          ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, BW: tl.constexpr,
-                          BH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr):
-    """One program per plane (block of ``CB`` channels; the grid has one program along axis 1)
-    walks it in tiles: the H factors on ``blocks_h`` tiles ``[H, BW]``, ``src`` to ``work``
-    (float32/float64, ``dst``'s strides; may be ``dst``), then, behind a barrier, the W
-    factors on ``blocks_w`` tiles ``[BH, W]``, ``work`` to ``dst``. The program re-reads only
-    what it wrote."""
-    b, c, c_inside = _program_channels(C, CB)
-    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
-    opaque_zero = tl.program_id(1)
-    _walk_h_factors(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, blocks_h, opaque_zero,
-                    src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw, Q, CIRCULAR, ACC, LH, CHH, BW)
-    for block in range(blocks_w):
-        _forward_tile(work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      dst_sb, dst_sc, dst_sh, dst_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                      Q, False, True, CIRCULAR, ACC, BH, 1, LW, CHW)
-
-
-@triton.jit(do_not_specialize=_SIZES + ["blocks_h", "blocks_w", "solve_blocks_h", "rows"]
-            + _strides("src", "grad", "dst"))
-def walked_backward_kernel(src, grad, work, dst, alpha, partial, C, H, W, dilation, chains_h, chains_w,
-                           blocks_h, blocks_w, solve_blocks_h, rows,
-                           src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                           dst_sb, dst_sc, dst_sh, dst_sw,
-                           Q: tl.constexpr, QP: tl.constexpr, CIRCULAR: tl.constexpr, REPARAM: tl.constexpr,
-                           ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, BW: tl.constexpr,
-                           BH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr,
-                           SBW: tl.constexpr):
-    """Thm 4 from ``src`` (the solve's input X), walking the plane as
-    :func:`walked_forward_kernel` does, through ``work`` (float32/float64, ``dst``'s strides;
-    may be ``dst``), in three phases behind barriers: the H factors' output into ``work``
-    (``solve_blocks_h`` tiles ``[H, SBW]``); the W factors' backward from it and ``grad``, their
-    input's gradient written over it; the H factors' backward from X and that gradient, into
-    ``dst``. One row of ``partial`` per program."""
-    b, c, c_inside = _program_channels(C, CB)
-    taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
-    opaque_zero = tl.program_id(1)
-    _walk_h_factors(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, solve_blocks_h,
-                    opaque_zero, src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw, Q, CIRCULAR, ACC,
-                    LH, CHH, SBW)
-    grads = tl.zeros([CB, QP * 4], ACC)
-    for block in range(blocks_w):
-        grads += _backward_tile(work, grad, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
-                                opaque_zero, dst_sb, dst_sc, dst_sh, dst_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, False, True, CIRCULAR, ACC, BH, 1, LW,
-                                CHW, CB, False)
-    tl.debug_barrier()
-    for block in range(blocks_h):
-        grads += _backward_tile(src, work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
-                                opaque_zero, src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, True, False, CIRCULAR, ACC, LH, CHH, BW, 1,
-                                CB, False)
-    _store_partial(partial, grads, c, c_inside, b, rows, Q, QP)
+    store_partial(partial, grads, c, c_inside, row0 + b * tl.num_programs(1) + tl.program_id(1), rows, Q, QP)
 
 
 @triton.jit(do_not_specialize=["rows"])
