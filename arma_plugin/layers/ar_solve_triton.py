@@ -141,9 +141,9 @@ class _ChunkedPass:
 @dataclass(frozen=True)
 class _Walk:
     """A launch of ``walked_forward_kernel``/``walked_backward_kernel``: one program per plane
-    (block of channels) walks the tiles of an H pass, then those of a W pass, through a
-    buffer; the backward's first phase, a solve without gradients, walks ``solve_h``'s wider
-    H tiles (fewer loads and stores per program)."""
+    walks the tiles of an H pass, then those of a W pass, through a buffer; the backward's
+    first phase, a solve without gradients, walks ``solve_h``'s wider H tiles (fewer loads and
+    stores per program)."""
     pass_h: _Pass
     pass_w: _Pass
     solve_h: _Pass
@@ -198,8 +198,8 @@ def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_e
           tiling: Tiling, walk_tiling: Tiling | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
     """One fused pass if the padded tile fits ``fused_elements`` and both axes' lines are short
     enough to be held whole; else, given a ``walk_tiling``, one walk with its tiles if a program
-    holds one plane (a channels_last program's block of channels, at most 2048 positions in
-    float32, walked back spilled registers) of at most ``walk_elements`` whose lines are held
+    holds a single plane (not a channels_last block of channels: their walk's backward spilled
+    registers when compiled for sm_90) of at most ``walk_elements`` whose lines are held
     whole; else an H pass then a W pass."""
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
     fused = _Pass(True, True, axis_h, axis_w, channels, 1)
