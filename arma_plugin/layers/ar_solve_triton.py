@@ -273,13 +273,12 @@ def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, 
             step: _Pass | _ChunkedPass | _Walk, num_warps: int | None, backward: bool = False):
     """Grid, size arguments, constants and warps of a launch of ``step`` on ``x``."""
     b, c, h, w = x.shape
-    step_consts = step.constants()
+    step_consts = step.constants(backward) if isinstance(step, _Walk) else step.constants()
     if isinstance(step, _ChunkedPass):
         rows, n = (w, h) if step.solve_h else (h, w)
         args = (c, rows, n, dilation, step.chains.n_chains, step.chunks)
     elif isinstance(step, _Walk):
         args = (c, h, w, dilation, step.pass_h.tile_h.n_chains, step.pass_w.tile_w.n_chains, *step.sizes(backward))
-        step_consts = step.constants(backward)
     else:
         args = (c, h, w, dilation, step.tile_h.n_chains, step.tile_w.n_chains)
     q = alpha.shape[1]

@@ -273,9 +273,9 @@ def _offsets(b, c, pos_h, pos_w, sb, sc, sh, sw):
 
 @triton.jit
 def forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                  src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                  Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
-                  ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr):
+                 src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                 Q: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr, CIRCULAR: tl.constexpr,
+                 ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr, LW: tl.constexpr, CHW: tl.constexpr):
     """``dst = `` the Q factors along the solved axes applied to ``src``, on tile ``block``."""
     pos_h, pos_w, j_h, m_h, j_w, m_w, mask = _tile(c_inside, H, W, dilation, chains_h, chains_w, block,
                                                    opaque_zero, SOLVE_H, SOLVE_W, CIRCULAR, LH, CHH, LW, CHW)
@@ -287,11 +287,11 @@ def forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chain
 
 @triton.jit
 def backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                   src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                   dst_sb, dst_sc, dst_sh, dst_sw,
-                   Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
-                   CIRCULAR: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
-                   LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr, SRC_SOLVED: tl.constexpr):
+                  src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                  dst_sb, dst_sc, dst_sh, dst_sw,
+                  Q: tl.constexpr, QP: tl.constexpr, SOLVE_H: tl.constexpr, SOLVE_W: tl.constexpr,
+                  CIRCULAR: tl.constexpr, ACC: tl.constexpr, LH: tl.constexpr, CHH: tl.constexpr,
+                  LW: tl.constexpr, CHW: tl.constexpr, CB: tl.constexpr, SRC_SOLVED: tl.constexpr):
     """Thm 4 for the solved axes on tile ``block``: ``src`` is the input of their factors (their
     output if ``SRC_SOLVED``), ``grad`` the gradient of their output, ``dst`` receives the
     gradient of their input (``dst`` may be ``grad`` or ``src``: each tile is read before it is
@@ -337,8 +337,8 @@ def forward_kernel(src, dst, alpha, C, H, W, dilation, chains_h, chains_w,
     b, c, c_inside = program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     forward_tile(src, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, tl.program_id(1), 0,
-                  src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                  Q, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW)
+                 src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                 Q, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW)
 
 
 @triton.jit(do_not_specialize=SIZES + ["row0", "rows"] + strides("src", "grad", "dst"))
@@ -353,9 +353,9 @@ def backward_kernel(src, grad, dst, alpha, partial, C, H, W, dilation, chains_h,
     b, c, c_inside = program_channels(C, CB)
     taps = channel_taps(alpha, c, c_inside, Q, QP, REPARAM, ACC)
     grads = backward_tile(src, grad, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w,
-                           tl.program_id(1), 0, src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                           dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW,
-                           CB, SRC_SOLVED)
+                          tl.program_id(1), 0, src_sb, src_sc, src_sh, src_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                          dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, SOLVE_H, SOLVE_W, CIRCULAR, ACC, LH, CHH, LW, CHW,
+                          CB, SRC_SOLVED)
     store_partial(partial, grads, c, c_inside, row0 + b * tl.num_programs(1) + tl.program_id(1), rows, Q, QP)
 
 

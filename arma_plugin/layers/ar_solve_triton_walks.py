@@ -27,8 +27,8 @@ def _walk_h_factors(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, c
     ``[H, BW]``, then a barrier (the next phase reads what other threads wrote)."""
     for block in range(blocks):
         forward_tile(src, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
-                      Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
+                     src_sb, src_sc, src_sh, src_sw, work_sb, work_sc, work_sh, work_sw,
+                     Q, True, False, CIRCULAR, ACC, LH, CHH, BW, 1)
     tl.debug_barrier()
 
 
@@ -50,8 +50,8 @@ def walked_forward_kernel(src, work, dst, alpha, C, H, W, dilation, chains_h, ch
                     src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw, Q, CIRCULAR, ACC, LH, CHH, BW)
     for block in range(blocks_w):
         forward_tile(work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block, opaque_zero,
-                      dst_sb, dst_sc, dst_sh, dst_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                      Q, False, True, CIRCULAR, ACC, BH, 1, LW, CHW)
+                     dst_sb, dst_sc, dst_sh, dst_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                     Q, False, True, CIRCULAR, ACC, BH, 1, LW, CHW)
 
 
 @triton.jit(do_not_specialize=SIZES + ["blocks_h", "blocks_w", "solve_blocks_h", "rows"]
@@ -79,13 +79,13 @@ def walked_backward_kernel(src, grad, work, dst, alpha, partial, C, H, W, dilati
     grads = tl.zeros([CB, QP * 4], ACC)
     for block in range(blocks_w):
         grads += backward_tile(work, grad, work, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
-                                opaque_zero, dst_sb, dst_sc, dst_sh, dst_sw, grad_sb, grad_sc, grad_sh, grad_sw,
-                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, False, True, CIRCULAR, ACC, BH, 1, LW,
-                                CHW, CB, False)
+                               opaque_zero, dst_sb, dst_sc, dst_sh, dst_sw, grad_sb, grad_sc, grad_sh, grad_sw,
+                               dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, False, True, CIRCULAR, ACC, BH, 1, LW,
+                               CHW, CB, False)
     tl.debug_barrier()
     for block in range(blocks_h):
         grads += backward_tile(src, work, dst, taps, b, c, c_inside, H, W, dilation, chains_h, chains_w, block,
-                                opaque_zero, src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
-                                dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, True, False, CIRCULAR, ACC, LH, CHH, BW, 1,
-                                CB, False)
+                               opaque_zero, src_sb, src_sc, src_sh, src_sw, dst_sb, dst_sc, dst_sh, dst_sw,
+                               dst_sb, dst_sc, dst_sh, dst_sw, Q, QP, True, False, CIRCULAR, ACC, LH, CHH, BW, 1,
+                               CB, False)
     store_partial(partial, grads, c, c_inside, b, rows, Q, QP)
