@@ -49,7 +49,7 @@ class Tiling:
     (its backward's first solve: ``walk_solve_elements``); larger maps take one pass per axis
     with tiles of about ``pass_elements``; a line longer than ``line_positions`` (padded, all
     chains), or than ``line_elements`` with the channels of a program, is walked in chunks,
-    tiles of ``chunk_elements``; ``num_warps`` per program (default: :func:`warps_for`). The
+    tiles of ``chunk_elements``; ``num_warps`` per program (default: :func:`launch_options`). The
     tile limits shrink by :func:`register_weight` (float64, Q > 2; in a walk Q > 1).
 
     Measured by compiling for sm_90 (docs/benchmarks.md): the backward of a one-program
@@ -236,18 +236,21 @@ def register_weight(accumulation_bytes: int, q: int, walk: bool = False) -> int:
     return accumulation_bytes * (2 if q > 2 else 1)
 
 
-def warps_for(elements: int, num_warps: int | None, weight: int = 4) -> int:
-    """Default: about 64 bytes of register weight per thread (16 float32 elements at Q <= 2), 1
-    to 16 warps (fewer threads may hold more registers each: on sm_90 a 4096-element tile of
-    1024-position lines spills at 16 warps and fits at 8)."""
-    return num_warps or min(max(triton.next_power_of_2(elements * weight) // (32 * 64), 1), 16)
-
-
-def walk_registers(warps: int) -> int:
-    """Registers per thread a walk may take (ptxas ``maxnreg``): the SM's whole register file
-    (65536 on sm_70 to sm_90) for its one program, at most 255. Left to itself ptxas capped a
-    64×128 walk at 128, two programs per SM, and parked values on the stack."""
-    return min(65536 // (32 * warps), 255)
+def launch_options(step: "_Pass | _ChunkedPass | _Walk", q: int, accumulation_bytes: int,
+                   num_warps: int | None = None) -> dict:
+    """``num_warps`` (default: about 64 bytes of :func:`register_weight` per thread, 1 to 16 warps;
+    on sm_90 a 4096-element tile of 1024-position lines spills at 16 warps and fits at 8) and
+    ptxas ``maxnreg``: a walk's one program per SM may take the whole register file (65536 on
+    sm_70 to sm_90, ≤ 255 a thread; left to itself ptxas capped a 64×128 walk at 128 and
+    spilled), a float64 tile two programs' share (left to itself ptxas kept a Q = 3 W pass at
+    80 registers, three programs per SM, with an 8-byte stack slot; none at 128)."""
+    walk = isinstance(step, _Walk)
+    weight = register_weight(accumulation_bytes, q, walk=walk)
+    warps = num_warps or min(max(triton.next_power_of_2(step.elements() * weight) // (32 * 64), 1), 16)
+    programs_per_sm = 1 if walk else 2 if accumulation_bytes == 8 else None
+    if programs_per_sm is None:
+        return dict(num_warps=warps)
+    return dict(num_warps=warps, maxnreg=min(65536 // (32 * warps * programs_per_sm), 255))
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -271,7 +274,7 @@ def _line_strides(t: torch.Tensor, solve_h: bool) -> tuple[int, int, int, int]:
 
 def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, dilation: int,
             step: _Pass | _ChunkedPass | _Walk, num_warps: int | None, backward: bool = False):
-    """Grid, size arguments, constants and warps of a launch of ``step`` on ``x``."""
+    """Grid, size arguments, constants and options of a launch of ``step`` on ``x``."""
     b, c, h, w = x.shape
     step_consts = step.constants(backward) if isinstance(step, _Walk) else step.constants()
     if isinstance(step, _ChunkedPass):
@@ -284,26 +287,24 @@ def _common(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam: bool, 
     q = alpha.shape[1]
     consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=boundary == "circular", REPARAM=reparam,
                   ACC=_accumulator(x), **step_consts)
-    warps = warps_for(step.elements(), num_warps,
-                      register_weight(_accumulation_dtype(x).itemsize, q, walk=isinstance(step, _Walk)))
-    return (b * triton.cdiv(c, step.channels), step.blocks), args, consts, warps
+    options = launch_options(step, q, _accumulation_dtype(x).itemsize, num_warps)
+    return (b * triton.cdiv(c, step.channels), step.blocks), args, consts, options
 
 
 def _launch_forward(src, dst, alpha, boundary, reparam, dilation, step, num_warps):
-    grid, args, consts, warps = _common(src, alpha, boundary, reparam, dilation, step, num_warps)
+    grid, args, consts, options = _common(src, alpha, boundary, reparam, dilation, step, num_warps)
     if isinstance(step, _ChunkedPass):
         acc = _accumulation_dtype(src)
         work = dst if dst.dtype == acc else torch.empty_like(dst, dtype=acc)
         chunk_kernels.chunked_forward_kernel[grid](
             src, dst, work, alpha, *args, *_line_strides(src, step.solve_h), *_line_strides(dst, step.solve_h),
-            *_line_strides(work, step.solve_h), **consts, num_warps=warps)
+            *_line_strides(work, step.solve_h), **consts, **options)
     elif isinstance(step, _Walk):
         work = _work_buffer(dst, _accumulation_dtype(src))
         walks.walked_forward_kernel[grid](src, work, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
-                                            num_warps=warps, maxnreg=walk_registers(warps))
+                                            **options)
     else:
-        kernels.forward_kernel[grid](src, dst, alpha, *args, *src.stride(), *dst.stride(), **consts,
-                                     num_warps=warps)
+        kernels.forward_kernel[grid](src, dst, alpha, *args, *src.stride(), *dst.stride(), **consts, **options)
 
 
 def _work_buffer(out: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -333,22 +334,21 @@ def triton_ar_solve(x: torch.Tensor, alpha: torch.Tensor, boundary: str, reparam
 
 def _launch_backward(src, grad, dst, alpha, partial, row0, boundary, reparam, dilation, step, num_warps,
                      src_solved=False):
-    grid, args, consts, warps = _common(src, alpha, boundary, reparam, dilation, step, num_warps, backward=True)
+    grid, args, consts, options = _common(src, alpha, boundary, reparam, dilation, step, num_warps, backward=True)
     if isinstance(step, _ChunkedPass):
         work_y, work_z, work_g = (torch.empty_like(src, dtype=partial.dtype) for _ in range(3))
         chunk_kernels.chunked_backward_kernel[grid](
             src, grad, dst, work_y, work_z, work_g, alpha, partial, *args, row0, partial.shape[1],
             *(stride for t in (src, grad, dst, work_y) for stride in _line_strides(t, step.solve_h)),
-            **consts, SRC_SOLVED=src_solved, num_warps=warps)
+            **consts, SRC_SOLVED=src_solved, **options)
     elif isinstance(step, _Walk):
         work = _work_buffer(dst, partial.dtype)
         walks.walked_backward_kernel[grid](src, grad, work, dst, alpha, partial, *args, partial.shape[1],
-                                             *src.stride(), *grad.stride(), *dst.stride(), **consts,
-                                             num_warps=warps, maxnreg=walk_registers(warps))
+                                             *src.stride(), *grad.stride(), *dst.stride(), **consts, **options)
     else:
         kernels.backward_kernel[grid](src, grad, dst, alpha, partial, *args, row0, partial.shape[1],
                                       *src.stride(), *grad.stride(), *dst.stride(), **consts,
-                                      SRC_SOLVED=src_solved, num_warps=warps)
+                                      SRC_SOLVED=src_solved, **options)
 
 
 def triton_ar_solve_backward(grad_y: torch.Tensor, x: torch.Tensor | None, alpha: torch.Tensor, boundary: str,
