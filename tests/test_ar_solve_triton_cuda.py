@@ -134,8 +134,9 @@ def test_kernels_compile_for_a_cuda_target_without_spills(variant):
 # walked by one program (Q = 1 both boundaries, Q = 2 and 3 with dilation 2), 64×128 and a
 # 100×160 map walked with dilation 3; 128² bfloat16 and 128×256 float32 in two passes (NCHW),
 # channels_last blocks of 8 float32 or 16 bfloat16 channels of 128² in two passes, 64² in one
-# program (dilation 2 and 3, Q = 2 and 3), float64 (half the elements per tile), a 2048-long
-# and an 8192-long map in two passes, their lines in chunks.
+# program (dilation 2 and 3, Q = 2 and 3), float64 in two passes (64² Q = 3, 128²) and in one
+# program (d = 2, Q = 2; half the elements per tile), a 2048-long and an 8192-long map in two
+# passes, their lines in chunks.
 FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, None, None, None),
                  (128, 128, 1, False, "fp32", 1, True, 1, None, None, None),
                  (128, 128, 2, True, "fp32", 2, True, 1, None, None, None),
@@ -150,6 +151,8 @@ FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, None, None, None),
                  (64, 64, 3, True, "bf16", 3, True, 1, None, None, None),
                  (64, 64, 1, False, "fp32", 3, True, 1, None, None, None),
                  (64, 64, 1, False, "fp64", 3, False, 1, None, None, None),
+                 (64, 32, 2, False, "fp64", 2, True, 1, None, None, None),
+                 (128, 128, 1, True, "fp64", 1, True, 1, None, None, None),
                  (3, 2048, 1, False, "fp32", 1, True, 1, None, None, None),
                  (3, 8192, 1, True, "bf16", 1, True, 1, None, None, None)]
 

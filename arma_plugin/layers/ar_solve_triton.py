@@ -240,14 +240,14 @@ def launch_options(step: "_Pass | _ChunkedPass | _Walk", q: int, accumulation_by
                    num_warps: int | None = None) -> dict:
     """``num_warps`` (default: about 64 bytes of :func:`register_weight` per thread, 1 to 16 warps;
     on sm_90 a 4096-element tile of 1024-position lines spills at 16 warps and fits at 8) and
-    ptxas ``maxnreg``: a walk's one program per SM may take the whole register file (65536 on
-    sm_70 to sm_90, ≤ 255 a thread; left to itself ptxas capped a 64×128 walk at 128 and
-    spilled), a float64 tile two programs' share (left to itself ptxas kept a Q = 3 W pass at
-    80 registers, three programs per SM, with an 8-byte stack slot; none at 128)."""
+    ptxas ``maxnreg``: the whole register file for one program per SM (65536 on sm_70 to sm_90,
+    ≤ 255 a thread) for a walk, where ptxas left to itself capped a 64×128 walk at 128 and
+    spilled, and for float64, where it kept a Q = 3 W pass at 80 registers (three programs per
+    SM) with an 8-byte stack slot, and a cap of 128 spilled 8-384 B in others."""
     walk = isinstance(step, _Walk)
     weight = register_weight(accumulation_bytes, q, walk=walk)
     warps = num_warps or min(max(triton.next_power_of_2(step.elements() * weight) // (32 * 64), 1), 16)
-    programs_per_sm = 1 if walk else 2 if accumulation_bytes == 8 else None
+    programs_per_sm = 1 if walk or accumulation_bytes == 8 else None
     if programs_per_sm is None:
         return dict(num_warps=warps)
     return dict(num_warps=warps, maxnreg=min(65536 // (32 * warps * programs_per_sm), 255))
