@@ -34,7 +34,7 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 def usage(kernel, pointers, consts, options):
     signature = {name: "constexpr" if name in consts else "*" + pointers[name] if name in pointers else "i32"
                  for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 90, 32),
+    compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", ARCH, 32),
                               options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
@@ -44,6 +44,7 @@ def usage(kernel, pointers, consts, options):
     return {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\\d+)", dump)}
 
 
+ARCH = int(sys.argv[2])
 rows = []
 for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line in json.loads(sys.argv[1]):
     acc = tl.float64 if data == "fp64" else tl.float32
@@ -54,9 +55,9 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
                                                 walk_solve_elements=per_pass and 2 * per_pass).items() if value}
     tiling = host.Tiling(**limits, **lines)
     weight = host.register_weight(8 if data == "fp64" else 4, q)
-    walk_weight = host.register_weight(4, q, walk=True)
+    walk_weight = host.walk_weight(q, None if ARCH == 90 else divmod(ARCH, 10))
     plan = host._plan(h, w, dilation, circular, channels, sector, tiling.for_solve(weight),
-                      tiling.for_solve(walk_weight) if data == "fp32" else None)  # walks: float32 only
+                      tiling.for_solve(walk_weight) if data == "fp32" else None, walk_weight)  # walks: float32 only
     two_pass = len(plan) == 2
     for step in plan:
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,
@@ -99,9 +100,9 @@ print(json.dumps(rows))
 """
 
 
-def _compile_for_cuda(variants) -> list:
+def _compile_for_cuda(variants, arch: int = 90) -> list:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_CUDA, json.dumps(variants)], env=env,
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_CUDA, json.dumps(variants), str(arch)], env=env,
                             capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
@@ -158,11 +159,13 @@ FULL_VARIANTS = [(128, 128, 1, True, "fp32", 1, True, 1, None, None, None),
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", [90, 80, 100])
 @pytest.mark.parametrize("variant", FULL_VARIANTS, ids=lambda v: f"{v[0]}x{v[1]}-d{v[2]}-{v[4]}-Q{v[5]}-cb{v[7]}")
-def test_default_plans_compile_for_a_cuda_target(variant):
-    """Every kernel of the default plans compiles for sm_90 (~20-50 s per kernel on 2 cores)
-    without spilling: no stack, no local memory."""
-    rows = _compile_for_cuda([variant])
+def test_default_plans_compile_for_a_cuda_target(variant, arch):
+    """Every kernel of the default plans compiles for sm_90 (H100), sm_80 (A100) and sm_100
+    (B200) (~20-50 s per kernel on 2 cores) without spilling: no stack, no local memory. Walks
+    off sm_90 take tiles of half the elements (``walk_weight``)."""
+    rows = _compile_for_cuda([variant], arch)
     print(json.dumps(rows, indent=1))
     assert rows and all(resources.get("REG", 0) > 0 for _, resources in rows)
     spilled = [(name, resources) for name, resources in rows if resources.get("LOCAL", 0) or resources.get("STACK", 0)]

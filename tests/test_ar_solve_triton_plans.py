@@ -121,7 +121,8 @@ def test_default_plan_keeps_tiles_within_registers(shape, channels, dtype, q, pl
              "two passes": [ar_solve_triton._Pass] * 2}
     assert [type(step) for step in steps] == kinds[plan]
     accumulation_bytes = dtype.itemsize if dtype == torch.float64 else 4
-    weight = ar_solve_triton.register_weight(accumulation_bytes, q, walk=plan == "walk")
+    weight = (ar_solve_triton.walk_weight(q) if plan == "walk"
+              else ar_solve_triton.register_weight(accumulation_bytes, q))
     options = [ar_solve_triton.launch_options(step, q, accumulation_bytes) for step in steps]
     assert [o["num_warps"] for o in options] == [warps] * len(steps)
     # a walk and float64 may take the register file of one program per SM, others what ptxas chooses
@@ -131,6 +132,32 @@ def test_default_plan_keeps_tiles_within_registers(shape, channels, dtype, q, pl
     if plan == "walk":
         (walk,) = steps
         assert walk.solve_h.elements() == 2 * walk.pass_h.elements()
+
+
+def test_chunked_lines_may_take_a_programs_registers():
+    """Lines in chunks get ``maxnreg`` (on sm_80 ptxas held them at 168 registers and spilled
+    16-24 B), tiles of whole float32-accumulated lines leave the choice to ptxas."""
+    steps = ar_solve_triton._plan_for(torch.empty(1, 1, 3, 2048), "zeros", 1, 1, ar_solve_triton.Tiling())
+    assert [type(step) for step in steps] == [ar_solve_triton._Pass, ar_solve_triton._ChunkedPass]
+    whole, chunked = (ar_solve_triton.launch_options(step, 1, 4) for step in steps)
+    assert "maxnreg" not in whole and chunked["maxnreg"] == min(65536 // (32 * chunked["num_warps"]), 255)
+
+@pytest.mark.parametrize("capability", [(8, 0), (10, 0), (12, 0)])
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_walk_tiles_halve_off_sm_90(capability, q):
+    """Walk tiles are sized on sm_90; elsewhere a 128² walk's backward spilled at those sizes
+    (docs/benchmarks.md), so other devices walk the same plane in tiles of half the elements
+    with the same warps: each thread holds half as many."""
+    sm_90 = ar_solve_triton.walk_weight(q, (9, 0))
+    other = ar_solve_triton.walk_weight(q, capability)
+    assert sm_90 == ar_solve_triton.walk_weight(q) and other == 2 * sm_90
+    tiling = ar_solve_triton.Tiling()
+    (walk_90,), (walk_other,) = (ar_solve_triton._plan(128, 128, 1, False, 1, 8, tiling, tiling.for_solve(weight),
+                                                       weight) for weight in (sm_90, other))
+    for step in ("pass_h", "pass_w", "solve_h"):
+        assert getattr(walk_other, step).elements() * 2 == getattr(walk_90, step).elements()
+    assert (ar_solve_triton.launch_options(walk_other, q, 4) == ar_solve_triton.launch_options(walk_90, q, 4)
+            == dict(num_warps=8, maxnreg=255))
 
 
 @pytest.mark.parametrize("dtype, boundary", [(torch.bfloat16, "zeros"), (torch.float32, "circular")])

@@ -3,25 +3,21 @@
 A program holds one plane (W the fastest axis, NCHW) or a block of channels that fills a
 32-byte sector (C the fastest axis, channels_last: 8 float32, 16 bfloat16/float16, 4
 float64), so its lanes always run along contiguous memory. Planes whose padded tile has at
-most ``fused_elements`` elements (4096 float32 by default: NCHW maps up to 64², every map of
-a 224-px ImageNet network after its 112² stage) are solved by one program along both axes
-and all Q factors: the forward reads ``X`` once and writes ``Y`` once, the backward reads
-``X`` and ``dY`` once and writes dX once. Beyond that size a program's registers no longer
-hold the backward (a 128² float32 plane spills over 1 MB per program to local memory, about
-22 T). float32 NCHW planes up to ``walk_elements`` (16384: 128²) are walked by one program
-each: the H factors tile by tile (``[H, columns]``) into a float32 buffer, then, behind a
-barrier, the W factors (``[rows, W]`` tiles) from it; the buffer is the output itself in the
-forward and dX in the backward, whose three phases re-solve the H factors from ``X``, walk
-the W factors back over the buffer in place, and walk the H factors back into dX. A program
-re-reads only what it wrote, a 64 KB plane per tensor that stays in L2: 3 T forward, 4 T
-backward. Other maps take one pass per axis through a float32 (float64) buffer in the
-input's layout, each program holding whole lines, about ``pass_elements`` elements, or, for
-long lines (:class:`Tiling`), a few lines walked in chunks with a carried state
-(``ar_solve_triton_chunks``); that buffer (the H factors' output) is the forward's state,
-which the backward takes in place of ``X``: its W pass re-solves ``Y`` from it and its H pass
-walks the H factors back from it (4 T forward, 6 T backward in float32, instead of re-solving
-it from ``X`` first: +2 T), or, for bfloat16 and float16 input, whose ``X`` is half the
-state's size, re-solves them from ``X``.
+most ``fused_elements`` elements (4096 float32: NCHW maps up to 64²) are solved by one
+program along both axes and all Q factors: X read once, Y written once (the backward: X and
+dY read once, dX written once). Larger planes spill a program's registers (a 128² float32
+backward: over 1 MB per program). float32 NCHW planes up to ``walk_elements`` (16384: 128²)
+are walked by one program each: the H factors tile by tile (``[H, columns]``) into a float32
+buffer, then, behind a barrier, the W factors (``[rows, W]`` tiles) from it; the buffer is
+the output itself in the forward and dX in the backward, whose three phases re-solve the H
+factors from ``X``, walk the W factors back over the buffer in place, and walk the H factors
+back into dX. A program re-reads only what it wrote, 64 KB a tensor that stays in L2: 3 T
+forward, 4 T backward. Other maps take one pass per axis through a float32 (float64) buffer
+in the input's layout, each program holding whole lines, or a few long lines walked in
+chunks with a carried state (``ar_solve_triton_chunks``); that buffer is the forward's
+state, from which the backward's W pass re-solves ``Y`` and its H pass walks the H factors
+back (4 T forward, 6 T backward in float32), or, for bfloat16 and float16 input, whose ``X``
+is half the state's size, the H pass re-solves them from ``X``.
 Tap gradients: one partial sum per program and tap, summed per channel by one small kernel
 that also applies the re-parameterisation's chain rule. No host synchronisation; launches run
 under the input's device. Only valid for taps inside the stable region (the dispatcher checks).
@@ -50,14 +46,12 @@ class Tiling:
     with tiles of about ``pass_elements``; a line longer than ``line_positions`` (padded, all
     chains), or than ``line_elements`` with the channels of a program, is walked in chunks,
     tiles of ``chunk_elements``; ``num_warps`` per program (default: :func:`launch_options`). The
-    tile limits shrink by :func:`register_weight` (float64, Q > 2; in a walk Q > 1).
+    tile limits shrink by :func:`register_weight` (float64, Q > 2) or :func:`walk_weight`.
 
-    Measured by compiling for sm_90 (docs/benchmarks.md): the backward of a one-program
-    128×128 plane spills over 1 MB per program to local memory (64×128: 74 KB), of a whole line
-    of 2048 positions at any warp count; 4096-element planes and passes, lines up to 1024
-    positions and 1024-element chunks do not spill, nor walks of 128² with 4096-element tiles
-    (8192 for the first solve) at 8 warps. A walk's program re-reads what it wrote: 16384
-    float32 elements are 64 KB a tensor, so the plane a program works on stays in L2."""
+    Compiled for sm_90 (docs/benchmarks.md), a one-program 128² backward spills over 1 MB per
+    program, a 2048-position line at any warp count; 4096-element planes and passes, 1024-
+    position lines, 1024-element chunks and 128² walks (4096-element tiles, 8192 for the first
+    solve, 8 warps) do not. A walked plane, 64 KB a tensor, stays in L2."""
     fused_elements: int = 4096
     walk_elements: int = 16384
     walk_solve_elements: int = 8192
@@ -147,6 +141,7 @@ class _Walk:
     pass_h: _Pass
     pass_w: _Pass
     solve_h: _Pass
+    weight: int  # register bytes per element its tiles were sized for (walk_weight)
     blocks = 1  # programs per channel block
 
     @property
@@ -194,13 +189,12 @@ def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector
                                                                                   channels, blocks)
 
 
-def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_elements: int,
-          tiling: Tiling, walk_tiling: Tiling | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
+def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_elements: int, tiling: Tiling,
+          walk_tiling: Tiling | None = None, walk_weight: int = 4) -> list[_Pass | _ChunkedPass | _Walk]:
     """One fused pass if the padded tile fits ``fused_elements`` and both axes' lines are short
-    enough to be held whole; else, given a ``walk_tiling``, one walk with its tiles if a program
-    holds a single plane (not a channels_last block of channels: their walk's backward spilled
-    registers when compiled for sm_90) of at most ``walk_elements`` whose lines are held
-    whole; else an H pass then a W pass."""
+    enough to be held whole; else, given a ``walk_tiling`` (sized for ``walk_weight``), one walk
+    if a program holds a single plane (not a channels_last block: docs/benchmarks.md) of at
+    most ``walk_elements`` whose lines are held whole; else an H pass then a W pass."""
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
     fused = _Pass(True, True, axis_h, axis_w, channels, 1)
     if fused.elements() <= tiling.fused_elements and all(tiling.whole(axis, 1) for axis in (axis_h, axis_w)):
@@ -213,44 +207,50 @@ def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_e
               _axis_pass(False, axis_w, h, channels, sector_elements, walk_tiling),
               _axis_pass(True, axis_h, w, channels, sector_elements,
                          replace(walk_tiling, pass_elements=walk_tiling.walk_solve_elements))]
-    return [_Walk(*walked)] if all(isinstance(step, _Pass) for step in walked) else passes
+    return [_Walk(*walked, walk_weight)] if all(isinstance(step, _Pass) for step in walked) else passes
 
 
 def _plan_for(x: torch.Tensor, boundary: str, dilation: int, q: int, tiling: Tiling,
               element_size: int | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
     size = element_size or x.element_size()
     accumulation_bytes = _accumulation_dtype(x).itemsize
-    walk_tiling = tiling.for_solve(register_weight(4, q, walk=True)) if x.dtype == torch.float32 else None
-    return _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x, size),
-                 max(SECTOR_BYTES // size, 1), tiling.for_solve(register_weight(accumulation_bytes, q)), walk_tiling)
+    weight = walk_weight(q, torch.cuda.get_device_capability(x.device) if x.device.type == "cuda" else None)
+    walk_tiling = tiling.for_solve(weight) if x.dtype == torch.float32 else None
+    return _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x, size), max(SECTOR_BYTES // size, 1),
+                 tiling.for_solve(register_weight(accumulation_bytes, q)), walk_tiling, weight)
 
 
-def register_weight(accumulation_bytes: int, q: int, walk: bool = False) -> int:
-    """Registers a tile element costs, in bytes: its accumulation type's size, doubled for
-    more than 2 factors per axis; in a walk, whose backward's last phase re-solves the H
-    factors from X, doubled for 2 factors and quadrupled for more (compiled for sm_90 at 16
-    float32 elements per thread, the backward of Q = 3 spills 8-32 B per thread, a walk's
-    already at Q = 2, and at Q = 3 still at 8). Tiles and elements per thread shrink by it."""
-    if walk:
-        return accumulation_bytes * min(2 ** (q - 1), 4)
+def register_weight(accumulation_bytes: int, q: int) -> int:
+    """Registers a tile element costs, in bytes: its accumulation type's size, doubled for Q > 2
+    (on sm_90 at 16 float32 elements per thread, Q = 3's backward spills 8-32 B). Tiles and
+    elements per thread shrink by it."""
     return accumulation_bytes * (2 if q > 2 else 1)
+
+
+def walk_weight(q: int, capability: tuple[int, int] | None = None) -> int:
+    """:func:`register_weight` of a walk's float32 element: its backward, the heaviest body here,
+    doubles it at Q = 2 and quadruples it from Q = 3 (on sm_90, 4096-element tiles spilled
+    120 B at Q = 2, 2048 still 8 B at Q = 3); doubled again on CUDA devices other than sm_90
+    (``capability`` None: the interpreter's plans, as sm_90), where a 128² walk's backward
+    spilled 8 B (sm_80) and 64 B (sm_100) at sm_90's sizes."""
+    weight = 4 * min(2 ** (q - 1), 4)
+    return weight if capability in (None, (9, 0)) else 2 * weight
 
 
 def launch_options(step: "_Pass | _ChunkedPass | _Walk", q: int, accumulation_bytes: int,
                    num_warps: int | None = None) -> dict:
-    """``num_warps`` (default: about 64 bytes of :func:`register_weight` per thread, 1 to 16 warps;
-    on sm_90 a 4096-element tile of 1024-position lines spills at 16 warps and fits at 8) and
-    ptxas ``maxnreg``: the whole register file for one program per SM (65536 on sm_70 to sm_90,
-    ≤ 255 a thread) for a walk, where ptxas left to itself capped a 64×128 walk at 128 and
-    spilled, and for float64, where it kept a Q = 3 W pass at 80 registers (three programs per
-    SM) with an 8-byte stack slot, and a cap of 128 spilled 8-384 B in others."""
+    """``num_warps`` (default: about 64 bytes of weight per thread, 1 to 16 warps; on sm_90 a
+    4096-element tile of 1024-position lines spills at 16 warps and fits at 8) and, but for tiles
+    of whole lines accumulated in float32, ptxas ``maxnreg``: one program's share of the register file
+    (65536), at most 255 a thread. Left to itself ptxas traded stack slots for programs per SM:
+    it capped a 64×128 walk at 128 registers, a float64 Q = 3 W pass at 80 (8 B of stack; a cap
+    of 128 spilled 8-384 B in other float64 tiles), sm_80's chunked lines at 168 (16-24 B)."""
     walk = isinstance(step, _Walk)
-    weight = register_weight(accumulation_bytes, q, walk=walk)
+    weight = step.weight if walk else register_weight(accumulation_bytes, q)
     warps = num_warps or min(max(triton.next_power_of_2(step.elements() * weight) // (32 * 64), 1), 16)
-    programs_per_sm = 1 if walk or accumulation_bytes == 8 else None
-    if programs_per_sm is None:
+    if isinstance(step, _Pass) and accumulation_bytes != 8:
         return dict(num_warps=warps)
-    return dict(num_warps=warps, maxnreg=min(65536 // (32 * warps * programs_per_sm), 255))
+    return dict(num_warps=warps, maxnreg=min(65536 // (32 * warps), 255))
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
