@@ -11,8 +11,8 @@ so that a killed run keeps what it measured):
    bf16 autocast,
    ``torch.compile(fullgraph=True)`` and CUDA graphs (each behind the budget guard);
 3. the triton plan variants (fused-tile limit × walked-plane limit × elements per pass × line
-   length before chunks × warps), the most promising first, at 8×64×128², fwd+bwd, each checked against the
-   default's numbers;
+   length before chunks × warps), the most promising first, at 8×64×128², fwd+bwd, each
+   checked against the default's numbers;
 4. a per-kernel profile (``torch.profiler``) of one triton layer fwd+bwd at 8×64×128²;
 5. the layer table: fwd+bwd median, conv3x3 vs AR per backend vs the released algorithm vs
    ``x.clone()``, B×C×H×W = 8×64×128² (NCHW and channels_last), 8×64×256², 32×128×64²,

@@ -56,8 +56,8 @@ for h, w, dilation, circular, data, q, reparam, channels, fused, per_pass, line 
     tiling = host.Tiling(**limits, **lines)
     weight = host.register_weight(8 if data == "fp64" else 4, q)
     walk_weight = host.walk_weight(q, None if ARCH == 90 else divmod(ARCH, 10))
-    plan = host._plan(h, w, dilation, circular, channels, sector, tiling.for_solve(weight),
-                      tiling.for_solve(walk_weight) if data == "fp32" else None, walk_weight)  # walks: float32 only
+    plan = host._plan(h, w, dilation, circular, channels, sector, tiling, weight,
+                      walk_weight if data == "fp32" else None)  # walks: float32 only
     two_pass = len(plan) == 2
     for step in plan:
         consts = dict(Q=q, QP=triton.next_power_of_2(q), CIRCULAR=circular, REPARAM=reparam, ACC=acc,

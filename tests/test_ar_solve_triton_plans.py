@@ -152,8 +152,8 @@ def test_walk_tiles_halve_off_sm_90(capability, q):
     other = ar_solve_triton.walk_weight(q, capability)
     assert sm_90 == ar_solve_triton.walk_weight(q) and other == 2 * sm_90
     tiling = ar_solve_triton.Tiling()
-    (walk_90,), (walk_other,) = (ar_solve_triton._plan(128, 128, 1, False, 1, 8, tiling, tiling.for_solve(weight),
-                                                       weight) for weight in (sm_90, other))
+    (walk_90,), (walk_other,) = (ar_solve_triton._plan(128, 128, 1, False, 1, 8, tiling, 4, weight)
+                                 for weight in (sm_90, other))
     for step in ("pass_h", "pass_w", "solve_h"):
         assert getattr(walk_other, step).elements() * 2 == getattr(walk_90, step).elements()
     assert (ar_solve_triton.launch_options(walk_other, q, 4) == ar_solve_triton.launch_options(walk_90, q, 4)

@@ -190,19 +190,21 @@ def _axis_pass(solve_h: bool, axis: _AxisTile, other: int, channels: int, sector
 
 
 def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_elements: int, tiling: Tiling,
-          walk_tiling: Tiling | None = None, walk_weight: int = 4) -> list[_Pass | _ChunkedPass | _Walk]:
-    """One fused pass if the padded tile fits ``fused_elements`` and both axes' lines are short
-    enough to be held whole; else, given a ``walk_tiling`` (sized for ``walk_weight``), one walk
-    if a program holds a single plane (not a channels_last block: docs/benchmarks.md) of at
-    most ``walk_elements`` whose lines are held whole; else an H pass then a W pass."""
+          weight: int, walk_weight: int | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
+    """With ``tiling`` for register ``weight``: one fused pass if the padded tile fits ``fused_elements``
+    and both axes' lines are held whole; else, given a ``walk_weight``, one walk if a program holds
+    one plane (not a channels_last block: docs/benchmarks.md) of at most ``walk_elements`` whose
+    lines are held whole (with ``tiling`` for ``walk_weight``); else an H pass then a W pass."""
+    pass_tiling = tiling.for_solve(weight)
     axis_h, axis_w = _solved_axis(h, dilation, circular), _solved_axis(w, dilation, circular)
     fused = _Pass(True, True, axis_h, axis_w, channels, 1)
-    if fused.elements() <= tiling.fused_elements and all(tiling.whole(axis, 1) for axis in (axis_h, axis_w)):
+    if fused.elements() <= pass_tiling.fused_elements and all(pass_tiling.whole(axis, 1) for axis in (axis_h, axis_w)):
         return [fused]
-    passes = [_axis_pass(True, axis_h, w, channels, sector_elements, tiling),
-              _axis_pass(False, axis_w, h, channels, sector_elements, tiling)]
-    if walk_tiling is None or channels > 1 or h * w > walk_tiling.walk_elements:
+    passes = [_axis_pass(True, axis_h, w, channels, sector_elements, pass_tiling),
+              _axis_pass(False, axis_w, h, channels, sector_elements, pass_tiling)]
+    if walk_weight is None or channels > 1 or h * w > tiling.walk_elements:
         return passes
+    walk_tiling = tiling.for_solve(walk_weight)
     walked = [_axis_pass(True, axis_h, w, channels, sector_elements, walk_tiling),
               _axis_pass(False, axis_w, h, channels, sector_elements, walk_tiling),
               _axis_pass(True, axis_h, w, channels, sector_elements,
@@ -213,11 +215,11 @@ def _plan(h: int, w: int, dilation: int, circular: bool, channels: int, sector_e
 def _plan_for(x: torch.Tensor, boundary: str, dilation: int, q: int, tiling: Tiling,
               element_size: int | None = None) -> list[_Pass | _ChunkedPass | _Walk]:
     size = element_size or x.element_size()
-    accumulation_bytes = _accumulation_dtype(x).itemsize
-    weight = walk_weight(q, torch.cuda.get_device_capability(x.device) if x.device.type == "cuda" else None)
-    walk_tiling = tiling.for_solve(weight) if x.dtype == torch.float32 else None
+    walk = None  # walks are float32 only, sized for x's device
+    if x.dtype == torch.float32:
+        walk = walk_weight(q, torch.cuda.get_device_capability(x.device) if x.device.type == "cuda" else None)
     return _plan(*x.shape[2:], dilation, boundary == "circular", channel_block(x, size), max(SECTOR_BYTES // size, 1),
-                 tiling.for_solve(register_weight(accumulation_bytes, q)), walk_tiling, weight)
+                 tiling, register_weight(_accumulation_dtype(x).itemsize, q), walk)
 
 
 def register_weight(accumulation_bytes: int, q: int) -> int:
@@ -245,8 +247,7 @@ def launch_options(step: "_Pass | _ChunkedPass | _Walk", q: int, accumulation_by
     (65536), at most 255 a thread. Left to itself ptxas traded stack slots for programs per SM:
     it capped a 64×128 walk at 128 registers, a float64 Q = 3 W pass at 80 (8 B of stack; a cap
     of 128 spilled 8-384 B in other float64 tiles), sm_80's chunked lines at 168 (16-24 B)."""
-    walk = isinstance(step, _Walk)
-    weight = step.weight if walk else register_weight(accumulation_bytes, q)
+    weight = step.weight if isinstance(step, _Walk) else register_weight(accumulation_bytes, q)
     warps = num_warps or min(max(triton.next_power_of_2(step.elements() * weight) // (32 * 64), 1), 16)
     if isinstance(step, _Pass) and accumulation_bytes != 8:
         return dict(num_warps=warps)
